@@ -1,0 +1,42 @@
+"""The embedded demo: a small T5 trained from scratch on the synthetic sign language, offline, on a CPU.
+
+  python -m slt_jax.main --config=configs/demo.py --workdir=runs/demo
+
+The corpus (slt_jax/data/synthetic.py) is generated into WORKDIR/data on first use; a tokenizer is trained on
+its training texts. Sized to train to BLEU >= 50 on the unseen-combination test split in under 10 minutes on
+2 CPU cores.
+"""
+from slt_jax import default_config
+
+
+def get_config():
+  config = default_config.get_config()
+  config.data.synthetic.enabled = True
+  config.data.keypoints = 'hands_body'
+  config.data.coords = 'xyz'
+  config.data.max_frames = 160
+  config.data.bucket_boundaries = (48, 64, 80, 96, 112, 128, 160)
+  config.data.max_target_length = 24
+
+  config.model.family = 't5'
+  config.model.arch.d_model = 192
+  config.model.arch.d_kv = 32
+  config.model.arch.num_heads = 6
+  config.model.arch.d_ff = 512
+  config.model.arch.num_layers = 3
+  config.model.arch.num_decoder_layers = 2
+  config.model.arch.dropout_rate = 0.1
+  config.model.pose.hidden = 192
+  config.model.pose.conv_layers = 1
+  config.model.pose.conv_stride = 2
+
+  config.training.num_train_steps = 1500
+  config.training.batch_size = 32
+  config.training.learning_rate = 2e-3
+  config.training.warmup_steps = 150
+  config.training.label_smoothing = 0.1
+  config.training.log_every_steps = 50
+  config.training.eval_every_steps = 500
+  config.training.checkpoint_every_steps = 250
+  config.decode.max_new_tokens = 24
+  return config

@@ -1,0 +1,153 @@
+"""Defaults shared by every slt_jax config: the seed's YAML structure as an ml_collections ConfigDict.
+
+Every file in configs/ starts from `slt_jax.default_config.get_config()` and changes what it needs (so the
+field set lives in one place and a field a config invents is caught by `validate`). Every field has a comment;
+`python -m slt_jax.main --config=configs/X.py --config.training.batch_size=8` overrides any of them, and a
+misspelt field is an error.
+"""
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+
+  # --- model -------------------------------------------------------------------------------------
+  config.model = ml_collections.ConfigDict()
+  config.model.name = ''            # HF checkpoint directory; '' = build from `arch` with random init.
+  config.model.tokenizer = ''       # tokenizer directory; '' = the checkpoint's, or train one on the texts.
+  config.model.family = 't5'        # t5 | mt5 | bart | mbart | llama | mistral | qwen2 | gemma (from config.json when `name` is set)
+  # Architecture used when `name` is empty (random init), in HF config.json field names.
+  config.model.arch = ml_collections.ConfigDict(dict(
+      d_model=256, d_kv=32, d_ff=1024, num_layers=3, num_decoder_layers=3, num_heads=8,
+      feed_forward_proj='gated-gelu', dropout_rate=0.1, relative_attention_num_buckets=32,
+      relative_attention_max_distance=128, tie_word_embeddings=False,
+  ))
+  config.model.dtype = 'float32'    # parameter (master) dtype.
+  config.model.use_lora = False     # train LoRA adapters on a frozen base.
+  config.model.load_in_4bit = False  # NF4 frozen base weights (requires use_lora).
+  config.model.load_in_8bit = False  # int8 frozen base weights (requires use_lora).
+  config.model.lora_config = ml_collections.ConfigDict(dict(
+      r=16, lora_alpha=32, lora_dropout=0.1, target_modules=('q_proj', 'k_proj', 'v_proj', 'o_proj')))
+  # Pose front end: flattened keypoints [B, T, K*C] -> linear -> optional strided temporal conv.
+  config.model.pose = ml_collections.ConfigDict(dict(
+      hidden=256,             # width of the front end before projecting to the encoder width.
+      conv_layers=1,          # temporal conv layers (kernel 5); each with stride `conv_stride`.
+      conv_stride=2,          # temporal downsampling per conv layer (1 = none).
+      dropout=0.1,
+  ))
+  config.model.prompt = ''          # optional text prompt prefix (Uni-Sign style / decoder-only instruction).
+  config.model.remat = 'none'       # rematerialisation policy: none | full | dots.
+  config.model.scan_layers = True   # stack layers with nnx.scan (compiles deep models in seconds).
+
+  # --- data --------------------------------------------------------------------------------------
+  config.data = ml_collections.ConfigDict()
+  config.data.train_path = ''       # CSV with `uid` (or `video_path`) and `text` columns.
+  config.data.val_path = ''
+  config.data.test_path = ''
+  config.data.pose_dir = ''         # pose file of a row: pose_dir/uid.pose
+  config.data.cache_dir = ''        # where preprocessed shards go; '' = WORKDIR/cache.
+  # The embedded synthetic sign language (configs/demo.py turns it on): generated into WORKDIR/data
+  # on first use and the paths above are filled in from it.
+  config.data.synthetic = ml_collections.ConfigDict(dict(
+      enabled=False, seed=0, vocab_size=120, num_signers=8, num_train=4000, num_val=200, num_test=200,
+      noise=0.01, dropout_prob=0.02,
+  ))
+  config.data.keypoints = 'hands_body'   # keypoint preset (see slt_jax/data/keypoints.py).
+  config.data.coords = 'xyz'             # xy | xyz
+  config.data.normalize = 'shoulders'    # shoulders | minmax (seed's [-1, 1]) | none
+  config.data.max_frames = 256           # longer sequences are uniformly subsampled.
+  config.data.frame_stride = 1           # keep every n-th frame.
+  config.data.max_target_length = 64     # target tokens incl. EOS; longer targets are truncated.
+  config.data.bucket_boundaries = (32, 64, 96, 128, 192, 256)  # frame-count buckets (padding cut).
+  config.data.augment = True             # training-time augmentation.
+
+  # --- training ----------------------------------------------------------------------------------
+  config.training = ml_collections.ConfigDict()
+  config.training.num_epochs = 10
+  config.training.num_train_steps = -1   # > 0 overrides num_epochs.
+  config.training.batch_size = 32        # global batch size.
+  config.training.eval_batch_size = 64
+  config.training.learning_rate = 1e-3
+  config.training.warmup_steps = 200
+  config.training.weight_decay = 0.01
+  config.training.max_grad_norm = 1.0
+  config.training.gradient_accumulation_steps = 1
+  config.training.label_smoothing = 0.1
+  config.training.mixed_precision = 'no'  # 'bf16' computes in bfloat16 with float32 master weights.
+  config.training.log_every_steps = 50
+  config.training.eval_every_steps = 500
+  config.training.checkpoint_every_steps = 500
+  config.training.keep_checkpoints = 2    # latest checkpoints kept (the best one is kept as well).
+  config.training.best_metric = 'bleu'    # validation metric that picks the best checkpoint.
+  config.training.seed = 42
+  config.training.max_consecutive_nonfinite = 10  # stop after this many NaN/Inf updates in a row.
+
+  # --- decoding ----------------------------------------------------------------------------------
+  config.decode = ml_collections.ConfigDict()
+  config.decode.max_new_tokens = 64
+  config.decode.num_beams = 1
+  config.decode.length_penalty = 1.0
+
+  # --- evaluation --------------------------------------------------------------------------------
+  config.evaluation = ml_collections.ConfigDict()
+  config.evaluation.lowercase = False     # score lowercased text (BLEU, chrF, ROUGE-L).
+  config.evaluation.split = 'test'        # split that --mode=eval scores.
+  config.evaluation.step = -1             # checkpoint step that --mode=eval scores; -1 = the best.
+
+  # --- mesh --------------------------------------------------------------------------------------
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  return config
+
+
+# Sub-trees whose fields are free-form (HF config.json fields, passed through to the model family).
+_FREE_FORM = ('model.arch',)
+
+
+class ConfigError(ValueError):
+  """A config that cannot run, with a message saying which field and why."""
+
+
+def _check_fields(config, reference, prefix=''):
+  for key in config.keys():
+    path = f'{prefix}{key}'
+    if path in _FREE_FORM:
+      continue
+    if key not in reference:
+      raise ConfigError(f'unknown config field `{path}` (known fields here: {", ".join(sorted(reference.keys()))})')
+    value, ref = config[key], reference[key]
+    if isinstance(ref, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ConfigError(f'config field `{path}` must be a group of fields, got {value!r}')
+      _check_fields(value, ref, path + '.')
+    elif ref is not None and value is not None and not _same_kind(value, ref):
+      raise ConfigError(f'config field `{path}` must be {type(ref).__name__}, got {type(value).__name__} {value!r}')
+
+
+def _same_kind(value, ref) -> bool:
+  if isinstance(ref, bool) or isinstance(value, bool):
+    return isinstance(value, bool) and isinstance(ref, bool)
+  if isinstance(ref, float):
+    return isinstance(value, (int, float))
+  if isinstance(ref, (tuple, list)):
+    return isinstance(value, (tuple, list))
+  return isinstance(value, type(ref))
+
+
+def validate(config) -> None:
+  """Raises ConfigError for unknown fields, wrong types and impossible combinations, before anything compiles."""
+  _check_fields(config, get_config())
+  m, t = config.model, config.training
+  if (m.load_in_4bit or m.load_in_8bit) and not m.use_lora:
+    raise ConfigError('model.load_in_4bit / load_in_8bit quantise the frozen base weights, which only makes '
+                      'sense with model.use_lora=True')
+  if m.load_in_4bit and m.load_in_8bit:
+    raise ConfigError('choose one of model.load_in_4bit and model.load_in_8bit')
+  if t.batch_size <= 0 or t.gradient_accumulation_steps <= 0:
+    raise ConfigError('training.batch_size and training.gradient_accumulation_steps must be positive')
+  if t.batch_size % t.gradient_accumulation_steps:
+    raise ConfigError(f'training.batch_size={t.batch_size} is not divisible by '
+                      f'training.gradient_accumulation_steps={t.gradient_accumulation_steps}')
+  if t.mixed_precision not in ('no', 'bf16', 'fp16'):
+    raise ConfigError(f"training.mixed_precision must be 'no' or 'bf16', got {t.mixed_precision!r}")
+  if not (config.data.synthetic.enabled or config.data.train_path):
+    raise ConfigError('set data.train_path (a CSV with uid,text) or turn on data.synthetic.enabled')

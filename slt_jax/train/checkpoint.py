@@ -1,0 +1,109 @@
+"""Orbax checkpoints: the latest N for resuming, and the best one by a validation metric.
+
+Layout under WORKDIR:
+  checkpoints/<step>/{state,meta}   latest `keep` steps (async writes; atomic renames, so a write killed half way
+                                    never becomes a step directory)
+  best/<step>/{state,meta}          the single best step by `best_metric` (T5X's SaveBestCheckpointer idea)
+`state` is the TrainState pytree; `meta` is JSON (step, data position, metrics). Restoring always goes against
+an abstract target (shapes, dtypes, shardings), so a checkpoint restores onto any mesh. A latest checkpoint that
+cannot be read (truncated, corrupt) is skipped with a warning in favour of the one before it.
+"""
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+class CheckpointMismatchError(ValueError):
+  """A checkpoint whose tree or shapes do not match the model being restored."""
+
+
+def _manager(directory, max_to_keep, best_metric=None, async_save=True):
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep,
+      best_fn=(lambda m: float(m[best_metric])) if best_metric else None,
+      best_mode='max',
+      keep_checkpoints_without_metrics=not best_metric,
+      cleanup_tmp_directories=True,
+      enable_async_checkpointing=async_save,
+  )
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=('state', 'meta'))
+
+
+def _abstract(tree):
+  """ShapeDtypeStructs (with shardings) of a pytree of arrays."""
+  def one(x):
+    sharding = getattr(x, 'sharding', None)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  return jax.tree.map(one, tree)
+
+
+class Checkpoints:
+  """The latest-N and best-by-metric checkpoint managers of one workdir."""
+
+  def __init__(self, workdir: str, keep: int = 2, best_metric: str = 'bleu', async_save: bool = True):
+    self.best_metric = best_metric
+    self.latest = _manager(os.path.join(workdir, 'checkpoints'), keep, async_save=async_save)
+    self.best = _manager(os.path.join(workdir, 'best'), 1, best_metric=best_metric, async_save=async_save)
+
+  def save(self, step: int, state, meta: dict, force: bool = False) -> None:
+    self.latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   meta=ocp.args.JsonSave(meta)), force=force)
+
+  def save_best(self, step: int, state, meta: dict, metrics: dict) -> None:
+    """Offers `state` to the best manager; orbax keeps it only if `metrics[best_metric]` is the best so far."""
+    self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                 meta=ocp.args.JsonSave(meta)),
+                   metrics={k: float(v) for k, v in metrics.items()}, force=True)
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+  def restore_latest(self, target) -> tuple[Any, dict] | None:
+    """The newest readable checkpoint restored onto `target`'s shapes and shardings, or None if there is none.
+
+    Unreadable steps (e.g. truncated files) are skipped with a warning, newest first.
+    """
+    for step in sorted(self.latest.all_steps(), reverse=True):
+      try:
+        return self._restore(self.latest, step, target)
+      except CheckpointMismatchError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning('Checkpoint at step %d in %s is unreadable (%s: %s); trying the previous one.',
+                        step, self.latest.directory, type(e).__name__, str(e)[:300])
+    return None
+
+  def restore_best(self, target, step: int | None = None) -> tuple[Any, dict] | None:
+    """The best checkpoint (or the given step, from either manager) restored onto `target`."""
+    if step is not None:
+      for manager in (self.best, self.latest):
+        if step in manager.all_steps():
+          return self._restore(manager, step, target)
+      raise FileNotFoundError(f'no checkpoint at step {step} in {self.best.directory} or {self.latest.directory}')
+    best_step = self.best.best_step()
+    if best_step is None:
+      return self.restore_latest(target)
+    return self._restore(self.best, best_step, target)
+
+  @staticmethod
+  def _restore(manager, step, target):
+    abstract = _abstract(target)
+    try:
+      restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                meta=ocp.args.JsonRestore()))
+    except (ValueError, KeyError, TypeError) as e:
+      msg = str(e)
+      if 'shape' in msg.lower() or 'structure' in msg.lower() or 'missing' in msg.lower() or isinstance(e, KeyError):
+        raise CheckpointMismatchError(
+            f'checkpoint {manager.directory}/{step} does not match the model: {msg[:1000]}') from e
+      raise
+    logging.info('Restored checkpoint %s/%d', manager.directory, step)
+    return restored.state, dict(restored.meta)

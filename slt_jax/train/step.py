@@ -1,0 +1,121 @@
+"""Pure train and eval steps.
+
+The model lives as `(graphdef, params, rest)`: `params` are the trained variables, `rest` everything else
+(frozen base weights under LoRA, non-trainable buffers). A step is a pure function of a `TrainState` and a
+batch, jitted once by the trainer with explicit shardings and the state donated. No tensorflow import here:
+GPU hosts run this without it.
+"""
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array        # i32[], optimizer steps taken.
+  params: Any            # nnx.State of the trained variables.
+  opt_state: Any         # optax state over `params`.
+  rng: jax.Array         # PRNG key for dropout; split every step.
+
+
+def cross_entropy(logits, labels, mask, label_smoothing: float = 0.0):
+  """Summed token cross-entropy and token count.
+
+  Args:
+    logits: f32[B, L, V] (any float dtype; the loss is computed in float32).
+    labels: i32[B, L].
+    mask: bool[B, L], True on tokens that count.
+    label_smoothing: mass spread uniformly over the vocabulary.
+  Returns:
+    (loss_sum f32[], num_tokens f32[]), so micro-batches and hosts can be summed before dividing.
+  """
+  logits = logits.astype(jnp.float32)
+  vocab = logits.shape[-1]
+  targets = jax.nn.one_hot(labels, vocab)
+  if label_smoothing > 0:
+    targets = targets * (1.0 - label_smoothing) + label_smoothing / vocab
+  loss = optax.softmax_cross_entropy(logits, targets)
+  # Subtract the entropy of the smoothed target so that a perfect model scores 0.
+  if label_smoothing > 0:
+    confidence = 1.0 - label_smoothing + label_smoothing / vocab
+    low = label_smoothing / vocab
+    min_entropy = -(confidence * jnp.log(confidence) + (vocab - 1) * low * jnp.log(low + 1e-20))
+    loss = loss - min_entropy
+  mask = mask.astype(jnp.float32)
+  return jnp.sum(loss * mask), jnp.sum(mask)
+
+
+def _split_microbatches(batch, num_micro: int):
+  """{k: [B, ...]} -> {k: [num_micro, B / num_micro, ...]}."""
+  def split(x):
+    if x.shape[0] % num_micro:
+      raise ValueError(f'batch size {x.shape[0]} is not divisible by gradient_accumulation_steps={num_micro}')
+    return x.reshape((num_micro, x.shape[0] // num_micro) + x.shape[1:])
+  return jax.tree.map(split, batch)
+
+
+def train_step(state: TrainState, batch, *, graphdef, rest, tx, label_smoothing: float, grad_accum: int = 1):
+  """One optimizer step (with `grad_accum` micro-batches scanned sequentially).
+
+  Args:
+    state: the TrainState.
+    batch: the contract's batch dict: poses f32[B, T, K, C], pose_mask bool[B, T], labels i32[B, L],
+      label_mask bool[B, L], ...
+    graphdef, rest: the static model graph and its non-trained variables.
+  Returns:
+    (new state, metrics dict of scalars: loss, num_tokens, grad_norm, nonfinite_count).
+  """
+  rng, step_rng = jax.random.split(state.rng)
+  model_batch = {k: batch[k] for k in ('poses', 'pose_mask', 'labels', 'label_mask')}
+
+  def loss_fn(params, micro, key):
+    model = nnx.merge(graphdef, params, rest)
+    logits = model(micro, rngs=nnx.Rngs(dropout=key))
+    loss_sum, n = cross_entropy(logits, micro['labels'], micro['label_mask'], label_smoothing)
+    return loss_sum / jnp.maximum(n, 1.0), (loss_sum, n)
+
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+  if grad_accum == 1:
+    grads, (loss_sum, n) = grad_fn(state.params, model_batch, step_rng)
+  else:
+    micro_batches = _split_microbatches(model_batch, grad_accum)
+    keys = jax.random.split(step_rng, grad_accum)
+
+    def accumulate(carry, xs):
+      g_acc, l_acc, n_acc = carry
+      g, (l, n) = grad_fn(state.params, xs[0], xs[1])
+      # Weight each micro-batch's mean-loss gradient by its token count: the sum equals the full batch's.
+      g_acc = jax.tree.map(lambda a, b: a + b * n, g_acc, g)
+      return (g_acc, l_acc + l, n_acc + n), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grads, loss_sum, n), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0.0), (micro_batches, keys))
+    grads = jax.tree.map(lambda g: g / jnp.maximum(n, 1.0), grads)
+
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
+  metrics = {
+      'loss': loss_sum / jnp.maximum(n, 1.0),
+      'num_tokens': n,
+      'grad_norm': optax.global_norm(grads),
+      'nonfinite_count': opt_state.notfinite_count,
+  }
+  return new_state, metrics
+
+
+def eval_step(params, batch, *, graphdef, rest):
+  """Teacher-forced loss and token accuracy on one batch (sums, so batches add up).
+
+  Filler rows (example_mask False) count for nothing.
+  """
+  model = nnx.merge(graphdef, params, rest)
+  logits = model({k: batch[k] for k in ('poses', 'pose_mask', 'labels', 'label_mask')}, rngs=None)
+  mask = batch['label_mask'] & batch['example_mask'][:, None]
+  loss_sum, n = cross_entropy(logits, batch['labels'], mask)
+  correct = jnp.sum((jnp.argmax(logits, -1) == batch['labels']) & mask)
+  return {'loss_sum': loss_sum, 'num_tokens': n, 'correct': correct}

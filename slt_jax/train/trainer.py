@@ -1,0 +1,299 @@
+"""train_and_evaluate and evaluate: the training loop, top to bottom.
+
+  data -> tokenizer -> model + sharded TrainState -> resume -> loop (step, log, eval + best, checkpoint,
+  preemption) -> final evaluation of the best checkpoint on the test split.
+"""
+import dataclasses
+import json
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from slt_jax import decode as decode_lib
+from slt_jax import evaluate as evaluate_lib
+from slt_jax.data import inputs as inputs_lib
+from slt_jax.models import slt
+from slt_jax.train import checkpoint as checkpoint_lib
+from slt_jax.train import optim
+from slt_jax.train import sharding as sharding_lib
+from slt_jax.train import step as step_lib
+
+# Exit status of a run stopped by SIGTERM/SIGINT after writing its checkpoint (EX_TEMPFAIL: "try again").
+PREEMPTED_EXIT_CODE = 75
+
+
+class NonFiniteLossError(RuntimeError):
+  """Too many consecutive updates with NaN/Inf gradients."""
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything a mode needs: data, tokenizer, the model as (graphdef, rest) and the sharded state."""
+  config: Any
+  workdir: str
+  data: inputs_lib.Inputs
+  mesh: jax.sharding.Mesh
+  graphdef: Any
+  rest: Any
+  state: step_lib.TrainState
+  state_shardings: Any
+  tx: Any
+  num_train_steps: int
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Setup.
+# ------------------------------------------------------------------------------------------------------------
+def _num_train_steps(config, num_train_examples: int) -> int:
+  t = config.training
+  if t.num_train_steps > 0:
+    return int(t.num_train_steps)
+  return int(t.num_epochs * math.ceil(num_train_examples / t.batch_size))
+
+
+def setup(config, workdir: str, *, for_training: bool = True) -> Run:
+  """Builds data, model and a sharded TrainState (freshly initialised; restore separately)."""
+  data = inputs_lib.make_inputs(config, workdir, for_training=for_training)
+  mesh = sharding_lib.make_mesh(config.mesh)
+  num_steps = _num_train_steps(config, data.num_train_examples)
+  tx = optim.make_optimizer(config, num_steps)
+
+  def build():
+    model = slt.build_model(config, data.tokenizer.vocab_size, data.pose_dim,
+                            rngs=nnx.Rngs(params=config.training.seed))
+    return nnx.split(model, nnx.Param, ...)
+
+  def init_state(params):
+    return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                               rng=jax.random.PRNGKey(config.training.seed + 1))
+
+  graphdef, abstract_params, abstract_rest = nnx.eval_shape(build)
+  abstract_state = jax.eval_shape(init_state, abstract_params)
+  state_shardings = sharding_lib.state_shardings(abstract_state, mesh)
+  rest_shardings = sharding_lib.state_shardings(abstract_rest, mesh)
+  if config.model.name:
+    # Pretrained weights are read on the host, tensor by tensor, then placed on their shardings.
+    _, params, rest = build()
+    params = jax.device_put(params, state_shardings.params)
+    rest = jax.device_put(rest, rest_shardings)
+    state = jax.jit(init_state, out_shardings=state_shardings)(params)
+  else:
+    # Random init runs inside jit straight onto the shardings: no parameter ever sits whole on one device.
+    def init_all():
+      _, params, rest = build()
+      return init_state(params), rest
+    state, rest = jax.jit(init_all, out_shardings=(state_shardings, rest_shardings))()
+  return Run(config, workdir, data, mesh, graphdef, rest, state, state_shardings, tx, num_steps)
+
+
+def _device_batch(batch: dict, sharding) -> dict:
+  """Host-local numpy batch -> global jax.Arrays split over the batch axes of the mesh."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items() if k in inputs_lib.DEVICE_KEYS}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Evaluation: decode a split, score it, write predictions and metrics.
+# ------------------------------------------------------------------------------------------------------------
+def make_decode_fn(run: Run):
+  max_new = run.config.decode.max_new_tokens
+
+  @jax.jit
+  def decode_fn(params, rest, poses, pose_mask):
+    model = nnx.merge(run.graphdef, params, rest)
+    return decode_lib.greedy(model, poses, pose_mask, max_new)
+  return decode_fn
+
+
+def decode_split(run: Run, split: str, params, decode_fn=None) -> tuple[list[str], list[str], list[str]]:
+  """(uids, references, hypotheses) of a split, in row order."""
+  decode_fn = decode_fn or make_decode_fn(run)
+  batch_sharding = sharding_lib.batch_sharding(run.mesh)
+  rows = run.data.rows(split)
+  hyps = {}
+  for batch in run.data.eval_batches(split):
+    device_batch = _device_batch(batch, batch_sharding)
+    ids = decode_fn(params, run.rest, device_batch['poses'], device_batch['pose_mask'])
+    if jax.process_count() > 1:
+      ids = multihost_utils.process_allgather(ids, tiled=True)
+      index = multihost_utils.process_allgather(device_batch['index'], tiled=True)
+      keep = multihost_utils.process_allgather(device_batch['example_mask'], tiled=True)
+    else:
+      ids, index, keep = (np.asarray(jax.device_get(x)) for x in
+                          (ids, device_batch['index'], device_batch['example_mask']))
+    for row_ids, i, k in zip(np.asarray(ids), np.asarray(index), np.asarray(keep)):
+      if k:
+        hyps[int(i)] = run.data.tokenizer.decode(row_ids.tolist())
+  order = sorted(hyps)
+  return ([rows[i].uid for i in order], [rows[i].text for i in order], [hyps[i] for i in order])
+
+
+def evaluate_split(run: Run, split: str, params, step: int, writer=None, decode_fn=None) -> dict:
+  uids, refs, hyps = decode_split(run, split, params, decode_fn)
+  metrics = evaluate_lib.score(hyps, refs, lowercase=run.config.evaluation.lowercase)
+  metrics['step'] = int(step)
+  if jax.process_index() == 0:
+    evaluate_lib.write_predictions(os.path.join(run.workdir, f'predictions_{split}.tsv'), uids, refs, hyps)
+    evaluate_lib.update_metrics_json(run.workdir, split, metrics)
+    logging.info('[%s @ step %d] BLEU %.2f  chrF %.2f  ROUGE-L %.2f  (%d examples)  %s', split, step,
+                 metrics['bleu'], metrics['chrf'], metrics['rougeL'], len(hyps), metrics['bleu_signature'])
+    if writer is not None:
+      writer.write_scalars(step, {f'{split}/{k}': v for k, v in metrics.items() if isinstance(v, float)})
+      writer.write_texts(step, {f'{split}/examples': evaluate_lib.examples_markdown(uids, refs, hyps)})
+  return metrics
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Preemption: SIGTERM / SIGINT ask the loop to checkpoint and leave at the end of the current step.
+# ------------------------------------------------------------------------------------------------------------
+class _StopRequest:
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    logging.warning('Received %s: finishing this step, then writing a checkpoint.', signal.Signals(signum).name)
+    self.signal = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def requested(self, step: int) -> bool:
+    local = self.signal is not None
+    if jax.process_count() > 1:
+      # On multi-host, hosts agree on the step (JAX's preemption sync point) so they checkpoint together.
+      return multihost_utils.reached_preemption_sync_point(step) or bool(
+          multihost_utils.process_allgather(np.array(local)).any())
+    return local
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The loop.
+# ------------------------------------------------------------------------------------------------------------
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (resuming from WORKDIR/checkpoints when there are any), then evaluates the best checkpoint."""
+  t = config.training
+  run = setup(config, workdir)
+  is_main = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(os.path.join(workdir, 'tensorboard'), just_logging=not is_main)
+  ckpt = checkpoint_lib.Checkpoints(workdir, keep=t.keep_checkpoints, best_metric=t.best_metric)
+
+  state = run.state
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    state, meta = restored
+    logging.info('Resuming from step %d.', int(meta['step']))
+  start_step = int(jax.device_get(state.step))
+  num_steps = run.num_train_steps
+  logging.info('Training %d steps (batch %d, %d training examples, %d parameters).', num_steps, t.batch_size,
+               run.data.num_train_examples, sum(x.size for x in jax.tree.leaves(state.params)))
+  if is_main:
+    writer.write_hparams({k: v for k, v in config.training.items() if isinstance(v, (int, float, str, bool))})
+
+  train_fn = jax.jit(
+      lambda s, b: step_lib.train_step(s, b, graphdef=run.graphdef, rest=run.rest, tx=run.tx,
+                                       label_smoothing=t.label_smoothing,
+                                       grad_accum=t.gradient_accumulation_steps),
+      in_shardings=(run.state_shardings, sharding_lib.batch_sharding(run.mesh)),
+      out_shardings=(run.state_shardings, sharding_lib.replicated(run.mesh)),
+      donate_argnums=0)
+  decode_fn = make_decode_fn(run)
+  batch_sharding = sharding_lib.batch_sharding(run.mesh)
+  lr_schedule = optim.learning_rate_schedule(config, num_steps)
+
+  train_iter = run.data.train_batches(start_step=start_step)
+  meta = lambda step: {'step': step, 'data_position': step}  # batches are a function of the step (exact resume).
+  last_log_time, last_log_step, pending = time.time(), start_step, []
+  step = start_step
+  with _StopRequest() as stop:
+    while step < num_steps:
+      batch = next(train_iter)
+      state, metrics = train_fn(state, _device_batch(batch, batch_sharding))
+      step += 1
+      pending.append((metrics, int(np.sum(batch['example_mask']))))
+
+      if step % t.log_every_steps == 0 or step == num_steps:
+        fetched = jax.device_get([m for m, _ in pending])
+        examples = sum(n for _, n in pending)
+        elapsed = time.time() - last_log_time
+        nonfinite = int(fetched[-1]['nonfinite_count'])
+        summary = {
+            'train/loss': float(np.mean([m['loss'] for m in fetched if np.isfinite(m['loss'])] or [np.nan])),
+            'train/learning_rate': float(lr_schedule(step - 1)),
+            'train/grad_norm': float(np.mean([m['grad_norm'] for m in fetched])),
+            'train/examples_per_second': examples / elapsed,
+            'train/nonfinite_steps': float(sum(not np.isfinite(m['loss']) for m in fetched)),
+        }
+        writer.write_scalars(step, summary)
+        eta = (num_steps - step) * elapsed / max(step - last_log_step, 1)
+        logging.info('step %d/%d  loss %.4f  lr %.2e  %.1f examples/s  ETA %s', step, num_steps,
+                     summary['train/loss'], summary['train/learning_rate'], summary['train/examples_per_second'],
+                     time.strftime('%H:%M:%S', time.gmtime(eta)))
+        last_log_time, last_log_step, pending = time.time(), step, []
+        if nonfinite >= t.max_consecutive_nonfinite:
+          ckpt.wait()
+          raise NonFiniteLossError(
+              f'{nonfinite} consecutive steps had NaN/Inf gradients (training.max_consecutive_nonfinite='
+              f'{t.max_consecutive_nonfinite}); stopped at step {step}. The last good checkpoint is kept in '
+              f'{workdir}/checkpoints.')
+
+      if step % t.eval_every_steps == 0 or step == num_steps:
+        metrics_val = evaluate_split(run, 'val', state.params, step, writer, decode_fn)
+        ckpt.save_best(step, state, meta(step), {t.best_metric: metrics_val[t.best_metric]})
+      if step % t.checkpoint_every_steps == 0 or step == num_steps:
+        ckpt.save(step, state, meta(step))
+
+      if stop.requested(step) and step < num_steps:
+        ckpt.save(step, state, meta(step), force=True)
+        ckpt.wait()
+        writer.flush()
+        logging.warning('Stopped at step %d on request; checkpoint written to %s/checkpoints. Rerun the same '
+                        'command to resume.', step, workdir)
+        raise SystemExit(PREEMPTED_EXIT_CODE)
+  ckpt.wait()
+
+  # Final evaluation: the best checkpoint (by validation metric) on the test and validation splits.
+  restored = ckpt.restore_best(state)
+  best_state, best_meta = restored if restored is not None else (state, meta(step))
+  results = {}
+  for split in ('val', 'test'):
+    if run.data.has_split(split):
+      results[split] = evaluate_split(run, split, best_state.params, int(best_meta['step']), writer, decode_fn)
+  writer.flush()
+  ckpt.close()
+  return results
+
+
+def evaluate(config, workdir: str, split: str = 'test', step: int | None = None) -> dict:
+  """Evaluates the best checkpoint (or `step`) of WORKDIR on `split`."""
+  run = setup(config, workdir, for_training=False)
+  ckpt = checkpoint_lib.Checkpoints(workdir, keep=config.training.keep_checkpoints,
+                                    best_metric=config.training.best_metric)
+  restored = ckpt.restore_best(run.state, step)
+  if restored is None:
+    raise FileNotFoundError(f'no checkpoint in {workdir}/best or {workdir}/checkpoints to evaluate')
+  state, meta = restored
+  metrics = evaluate_split(run, split, state.params, int(meta['step']))
+  ckpt.close()
+  return metrics
+
+
+def write_json(path: str, content: dict) -> None:
+  with open(path, 'w', encoding='utf-8') as f:
+    json.dump(content, f, indent=2, sort_keys=True)
