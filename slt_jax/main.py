@@ -18,7 +18,25 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (a .py wi
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, metrics and data caches.')
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train (then evaluate the best checkpoint on '
                           'the test split) or eval (the best checkpoint, or --config.evaluation.step).')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
+_LOCAL_DEVICES = flags.DEFINE_integer('num_local_cpu_devices', None,
+                                      'CPU only: pretend this host has N devices (tests of sharding).')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _initialize_distributed():
+  """jax.distributed from flags, or from the scheduler's environment (SLURM, Open MPI, ...)."""
+  if _LOCAL_DEVICES.value:
+    jax.config.update('jax_num_cpu_devices', _LOCAL_DEVICES.value)
+  if _COORDINATOR.value or (_NUM_PROCESSES.value or 1) > 1:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  elif int(os.environ.get('SLURM_NTASKS', '1')) > 1 or int(os.environ.get('OMPI_COMM_WORLD_SIZE', '1')) > 1:
+    jax.distributed.initialize()  # JAX's cluster auto-detection reads the scheduler's variables.
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)  # only process 0 narrates; every process still warns.
 
 
 def main(argv):
@@ -26,6 +44,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
   default_config.validate(config)
+  _initialize_distributed()
   workdir = os.path.abspath(_WORKDIR.value)
   os.makedirs(workdir, exist_ok=True)
   logging.info('JAX devices: %s (process %d of %d)', jax.devices(), jax.process_index(), jax.process_count())
