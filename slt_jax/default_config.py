@@ -36,8 +36,15 @@ def get_config():
       dropout=0.1,
   ))
   config.model.prompt = ''          # optional text prompt prefix (Uni-Sign style / decoder-only instruction).
+  config.model.tgt_lang = ''        # mBART(-50) target language code (e.g. 'de_DE'): forced first decoder token.
   config.model.remat = 'none'       # rematerialisation policy: none | full | dots.
   config.model.scan_layers = True   # stack layers with nnx.scan (compiles deep models in seconds).
+  # Decoder-only families (llama | mistral | qwen2 | gemma): front end -> these layers -> projector -> LLM.
+  config.model.pose_encoder = ml_collections.ConfigDict(dict(
+      num_layers=2,        # bidirectional transformer layers over the front end's output (width pose.hidden).
+      num_heads=8,         # their attention heads (pose.hidden must be a multiple).
+  ))
+  config.model.chat_template = True  # decoder-only: wrap model.prompt in the tokenizer's chat template if it has one.
 
   # --- data --------------------------------------------------------------------------------------
   config.data = ml_collections.ConfigDict()
@@ -60,6 +67,27 @@ def get_config():
   config.data.max_target_length = 64     # target tokens incl. EOS; longer targets are truncated.
   config.data.bucket_boundaries = (32, 64, 96, 128, 192, 256)  # frame-count buckets (padding cut).
   config.data.augment = True             # training-time augmentation.
+  config.data.augmentations = ml_collections.ConfigDict(dict(  # used when `augment` (slt_jax/data/augment.py).
+      rotate=0.1,          # max rotation in the image plane (radians).
+      scale=0.1,           # max relative isotropic scale change.
+      shear=0.1,           # max x/y shear factor.
+      noise=0.005,         # std of Gaussian noise on visible points (normalised units).
+      frame_dropout=0.05,  # probability of dropping each frame.
+      speed=0.2,           # speed change by a factor in [1/(1+speed), 1+speed].
+      mirror=False,        # left/right mirror (x -> -x + left/right point swap) with probability 0.5.
+  ))
+  config.data.text_column = 'text'        # CSV column holding the target text.
+  config.data.hand_normalize = False      # hand points relative to their wrist, in hand-size units.
+  config.data.visibility_channel = False  # append a 0/1 visibility channel to the coordinates (C + 1).
+  config.data.label_pad_multiple = 0      # 0: labels padded to max_target_length; n: to the batch's longest, rounded up to n.
+  config.data.shuffle_buffer = 10000      # training shuffle buffer (examples).
+  config.data.num_workers = 1             # threads reading .pose files while building the cache.
+  # Tokenizer trained on the training texts when neither model.tokenizer nor model.name gives one.
+  config.data.trained_tokenizer = ml_collections.ConfigDict(dict(
+      kind='bpe',          # bpe | wordlevel
+      vocab_size=2000,     # upper bound (a small corpus yields fewer).
+      lowercase=False,
+  ))
 
   # --- training ----------------------------------------------------------------------------------
   config.training = ml_collections.ConfigDict()

@@ -41,7 +41,8 @@ class Run:
   """Everything a mode needs: data, tokenizer, the model as (graphdef, rest) and the sharded state."""
   config: Any
   workdir: str
-  data: inputs_lib.Inputs
+  tokenizer: Any                      # slt_jax.data.tokenizer.Tokenizer
+  splits: dict                        # {'train' | 'val' | 'test': pipeline.SplitData}
   mesh: jax.sharding.Mesh
   graphdef: Any
   rest: Any
@@ -61,16 +62,17 @@ def _num_train_steps(config, num_train_examples: int) -> int:
   return int(t.num_epochs * math.ceil(num_train_examples / t.batch_size))
 
 
-def setup(config, workdir: str, *, for_training: bool = True) -> Run:
+def setup(config, workdir: str, splits=None) -> Run:
   """Builds data, model and a sharded TrainState (freshly initialised; restore separately)."""
-  data = inputs_lib.make_inputs(config, workdir, for_training=for_training)
+  tokenizer, datasets = inputs_lib.make_inputs(config, workdir, splits)
   mesh = sharding_lib.make_mesh(config.mesh)
-  num_steps = _num_train_steps(config, data.num_train_examples)
-  tx = optim.make_optimizer(config, num_steps)
+  any_split = next(iter(datasets.values()))
+  pose_dim = int(np.prod(any_split.pose_shape))
+  num_steps = _num_train_steps(config, datasets['train'].num_examples) if 'train' in datasets else 0
+  tx = optim.make_optimizer(config, max(num_steps, 1))
 
   def build():
-    model = slt.build_model(config, data.tokenizer.vocab_size, data.pose_dim,
-                            rngs=nnx.Rngs(params=config.training.seed))
+    model = slt.build_model(config, tokenizer.vocab_size, pose_dim, rngs=nnx.Rngs(params=config.training.seed))
     return nnx.split(model, nnx.Param, ...)
 
   def init_state(params):
@@ -93,7 +95,7 @@ def setup(config, workdir: str, *, for_training: bool = True) -> Run:
       _, params, rest = build()
       return init_state(params), rest
     state, rest = jax.jit(init_all, out_shardings=(state_shardings, rest_shardings))()
-  return Run(config, workdir, data, mesh, graphdef, rest, state, state_shardings, tx, num_steps)
+  return Run(config, workdir, tokenizer, datasets, mesh, graphdef, rest, state, state_shardings, tx, num_steps)
 
 
 def _device_batch(batch: dict, sharding) -> dict:
@@ -119,9 +121,9 @@ def decode_split(run: Run, split: str, params, decode_fn=None) -> tuple[list[str
   """(uids, references, hypotheses) of a split, in row order."""
   decode_fn = decode_fn or make_decode_fn(run)
   batch_sharding = sharding_lib.batch_sharding(run.mesh)
-  rows = run.data.rows(split)
+  rows = run.splits[split].rows
   hyps = {}
-  for batch in run.data.eval_batches(split):
+  for batch in run.splits[split].iterator():
     device_batch = _device_batch(batch, batch_sharding)
     ids = decode_fn(params, run.rest, device_batch['poses'], device_batch['pose_mask'])
     if jax.process_count() > 1:
@@ -133,7 +135,7 @@ def decode_split(run: Run, split: str, params, decode_fn=None) -> tuple[list[str
                           (ids, device_batch['index'], device_batch['example_mask']))
     for row_ids, i, k in zip(np.asarray(ids), np.asarray(index), np.asarray(keep)):
       if k:
-        hyps[int(i)] = run.data.tokenizer.decode(row_ids.tolist())
+        hyps[int(i)] = run.tokenizer.decode(row_ids.tolist())
   order = sorted(hyps)
   return ([rows[i].uid for i in order], [rows[i].text for i in order], [hyps[i] for i in order])
 
@@ -202,7 +204,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start_step = int(jax.device_get(state.step))
   num_steps = run.num_train_steps
   logging.info('Training %d steps (batch %d, %d training examples, %d parameters).', num_steps, t.batch_size,
-               run.data.num_train_examples, sum(x.size for x in jax.tree.leaves(state.params)))
+               run.splits['train'].num_examples, sum(x.size for x in jax.tree.leaves(state.params)))
   if is_main:
     writer.write_hparams({k: v for k, v in config.training.items() if isinstance(v, (int, float, str, bool))})
 
@@ -217,7 +219,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   batch_sharding = sharding_lib.batch_sharding(run.mesh)
   lr_schedule = optim.learning_rate_schedule(config, num_steps)
 
-  train_iter = run.data.train_batches(start_step=start_step)
+  train_iter = run.splits['train'].iterator(start_step=start_step)
   meta = lambda step: {'step': step, 'data_position': step}  # batches are a function of the step (exact resume).
   last_log_time, last_log_step, pending = time.time(), start_step, []
   step = start_step
@@ -273,7 +275,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   best_state, best_meta = restored if restored is not None else (state, meta(step))
   results = {}
   for split in ('val', 'test'):
-    if run.data.has_split(split):
+    if split in run.splits:
       results[split] = evaluate_split(run, split, best_state.params, int(best_meta['step']), writer, decode_fn)
   writer.flush()
   ckpt.close()
@@ -282,7 +284,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 def evaluate(config, workdir: str, split: str = 'test', step: int | None = None) -> dict:
   """Evaluates the best checkpoint (or `step`) of WORKDIR on `split`."""
-  run = setup(config, workdir, for_training=False)
+  run = setup(config, workdir, splits=[split])
   ckpt = checkpoint_lib.Checkpoints(workdir, keep=config.training.keep_checkpoints,
                                     best_metric=config.training.best_metric)
   restored = ckpt.restore_best(run.state, step)
