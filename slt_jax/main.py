@@ -2,6 +2,7 @@
 
 `--config.training.batch_size=8`-style flags override any config field (a misspelt field is an error).
 """
+import logging as logging_std
 import os
 
 # TF (tf.data) must never take the accelerator's memory, and shares 2 cores nicely only with few threads.
@@ -16,8 +17,12 @@ from slt_jax import default_config
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (a .py with get_config()).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, metrics and data caches.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'train (then evaluate the best checkpoint on '
-                          'the test split) or eval (the best checkpoint, or --config.evaluation.step).')
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'translate', 'check'],
+                          'train (then evaluate the best checkpoint on the test split); eval (the best checkpoint, '
+                          'or --config.evaluation.step, on --config.evaluation.split); translate (--inputs); '
+                          'check (what the config resolves to, its size and memory plan, without weights).')
+_INPUTS = flags.DEFINE_list('inputs', [], 'translate: .pose files and/or folders of them.')
+_OUTPUT = flags.DEFINE_string('output', None, 'translate: also write a TSV (path, translation) here.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
@@ -39,9 +44,17 @@ def _initialize_distributed():
     logging.set_verbosity(logging.WARNING)  # only process 0 narrates; every process still warns.
 
 
+class _QuietLibraries(logging_std.Filter):
+  """Drops the INFO chatter of orbax (several lines per save/restore); its warnings still pass."""
+
+  def filter(self, record):
+    return record.levelno >= logging_std.WARNING or 'orbax' not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
   default_config.validate(config)
   _initialize_distributed()
@@ -49,10 +62,21 @@ def main(argv):
   os.makedirs(workdir, exist_ok=True)
   logging.info('JAX devices: %s (process %d of %d)', jax.devices(), jax.process_index(), jax.process_count())
 
-  from slt_jax.train import trainer  # pylint: disable=g-import-not-at-top  (after flags: imports TF)
-  if _MODE.value == 'train':
+  # pylint: disable=g-import-not-at-top  (imported after flags are parsed: these import TF)
+  if _MODE.value == 'check':
+    from slt_jax import check
+    results = check.check(config, workdir)
+  elif _MODE.value == 'translate':
+    from slt_jax import translate
+    if not _INPUTS.value:
+      raise app.UsageError('--mode=translate needs --inputs=FILE.pose,FOLDER,...')
+    results = translate.translate(config, workdir, _INPUTS.value, _OUTPUT.value)
+    return
+  elif _MODE.value == 'train':
+    from slt_jax.train import trainer
     results = trainer.train_and_evaluate(config, workdir)
   else:
+    from slt_jax.train import trainer
     step = config.evaluation.step if config.evaluation.step >= 0 else None
     results = trainer.evaluate(config, workdir, config.evaluation.split, step)
   logging.info('Results: %s', results)

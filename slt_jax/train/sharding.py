@@ -4,9 +4,13 @@ Models name the dimensions of their parameters ('embed', 'mlp', 'heads', ...; se
 table maps each name to mesh axes. A dimension that the mapped axes do not divide stays replicated, so tiny
 test models run on any mesh.
 """
+import contextlib
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -46,18 +50,22 @@ def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
   return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
-def logical_to_spec(names, shape, mesh) -> P:
+def logical_to_spec(names, shape, mesh, rules=None) -> P:
   """PartitionSpec for an array of `shape` whose dimensions have the logical `names`.
 
-  A mesh axis is used at most once per array, and only where it divides the dimension.
+  A mesh axis is used at most once per array. Where the mapped axes do not divide a dimension, the longest
+  prefix of them that does is used (('data', 'fsdp') -> 'data'), else the dimension stays replicated.
+  mesh: a Mesh or AbstractMesh (only its axis sizes are read). rules: default LOGICAL_RULES.
   """
+  rules = LOGICAL_RULES if rules is None else rules
   used, spec = set(), []
   for name, dim in zip(names, shape):
-    axes = LOGICAL_RULES.get(name) if name is not None else None
+    axes = rules.get(name) if name is not None else None
     axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
     axes = tuple(a for a in axes if a not in used and mesh.shape[a] > 1)
-    size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
-    if not axes or dim % size:
+    while axes and dim % int(np.prod([mesh.shape[a] for a in axes])):
+      axes = axes[:-1]
+    if not axes:
       spec.append(None)
       continue
     used.update(axes)
@@ -78,9 +86,104 @@ def state_shardings(state: nnx.State, mesh) -> nnx.State:
 
 
 def batch_sharding(mesh) -> NamedSharding:
-  """Batch dimension split over data and fsdp; everything else replicated."""
-  return NamedSharding(mesh, P(('data', 'fsdp')))
+  """Batch dimension split over the 'batch' rule's axes (data and fsdp); everything else replicated."""
+  return NamedSharding(mesh, P(LOGICAL_RULES['batch']))
 
 
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def create_sharded_state(build_model, tx, mesh, *, seed: int, trainable=nnx.Param, eager: bool = False):
+  """Builds a model and its TrainState straight onto their shardings.
+
+  Args:
+    build_model: () -> nnx.Module.
+    tx: the optax optimizer of the trained variables.
+    mesh: the device mesh.
+    seed: seeds the dropout PRNG key of the TrainState.
+    trainable: nnx filter of the variables that the optimizer trains (the rest stays frozen).
+    eager: build on the host first (pretrained weights read from disk), then place each array on its sharding;
+      otherwise random init runs inside jit with out_shardings, so no parameter ever sits whole on one device.
+  Returns:
+    (graphdef, TrainState, rest, TrainState shardings) where `rest` holds the non-trained variables.
+  """
+  from slt_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top  (step imports nothing of ours)
+
+  def build():
+    return nnx.split(build_model(), trainable, ...)
+
+  def init_state(params):
+    return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                               rng=jax.random.PRNGKey(seed))
+
+  graphdef, abstract_params, abstract_rest = nnx.eval_shape(build)
+  shardings = state_shardings(jax.eval_shape(init_state, abstract_params), mesh)
+  rest_shardings = state_shardings(abstract_rest, mesh)
+  if eager:
+    # Pretrained weights are read into host memory (never onto one accelerator), then each array goes
+    # straight to its sharding; the params are donated so the TrainState does not hold them twice.
+    with _on_host():
+      _, params, rest = build()
+    params, rest = place(params, shardings.params), place(rest, rest_shardings)
+    state = jax.jit(init_state, out_shardings=shardings, donate_argnums=0)(params)
+  else:
+    def init_all():
+      _, params, rest = build()
+      return init_state(params), rest
+    state, rest = jax.jit(init_all, out_shardings=(shardings, rest_shardings))()
+  return graphdef, state, rest, shardings
+
+
+def _on_host():
+  """Default device = this host's CPU while pretrained weights are read (no-op where there is no CPU backend)."""
+  try:
+    return jax.default_device(jax.local_devices(backend='cpu')[0])
+  except RuntimeError:
+    return contextlib.nullcontext()
+
+
+def place(tree, shardings):
+  """Puts each (host) array of `tree` on its sharding in `shardings` (same structure).
+
+  Each device receives only its own shard, read from the host copy; this also works on multi-host, where
+  every process holds the same host copy and fills its addressable devices.
+  """
+  def one(x, sharding):
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+  return jax.tree.map(one, tree, shardings)
+
+
+def jit_train_step(step_fn, state_shardings, rest, mesh):
+  """One jit of `step_fn(state, batch, rest=rest) -> (state, metrics)` with explicit shardings.
+
+  The state is donated (updated in place); `rest` (frozen variables, e.g. a LoRA base model) is passed as an
+  argument on its own shardings, not closed over: jit would bake closed-over arrays into the program as
+  constants. Returns `train(state, batch) -> (state, metrics)`, metrics replicated.
+  """
+  rest_shardings = jax.tree.map(lambda x: x.sharding, rest)
+  jitted = jax.jit(lambda state, rest, batch: step_fn(state, batch, rest=rest),
+                   in_shardings=(state_shardings, rest_shardings, batch_sharding(mesh)),
+                   out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
+  return lambda state, batch: jitted(state, rest, batch)
+
+
+def global_batch(batch: dict, sharding, keys=None) -> dict:
+  """Host-local numpy batch -> global jax.Arrays whose first axis is split by `sharding` (batch_sharding).
+
+  Each host passes only its rows (global batch / number of hosts). Hosts bucket their own examples, so their
+  batches may differ in frame count T or label length L; on multi-host every array is first padded at the end
+  of its non-batch axes (zeros / False, i.e. masked frames and tokens) to the largest shape of any host,
+  because a global array has one shape.
+  keys: the keys to keep (default: all).
+  """
+  arrays = {k: np.asarray(v) for k, v in sorted(batch.items()) if keys is None or k in keys}
+  if jax.process_count() > 1:
+    dims = np.array([d for v in arrays.values() for d in v.shape[1:]], np.int64)
+    dims = iter(np.max(multihost_utils.process_allgather(dims), axis=0).tolist())
+    for k, v in arrays.items():
+      target = [v.shape[0]] + [next(dims) for _ in v.shape[1:]]
+      if list(v.shape) != target:
+        arrays[k] = np.pad(v, [(0, t - s) for s, t in zip(v.shape, target)])
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in arrays.items()}

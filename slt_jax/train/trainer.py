@@ -62,39 +62,18 @@ def _num_train_steps(config, num_train_examples: int) -> int:
   return int(t.num_epochs * math.ceil(num_train_examples / t.batch_size))
 
 
-def setup(config, workdir: str, splits=None) -> Run:
-  """Builds data, model and a sharded TrainState (freshly initialised; restore separately)."""
-  tokenizer, datasets = inputs_lib.make_inputs(config, workdir, splits)
+def setup(config, workdir: str, splits=None, tokenizer=None, pose_dim: int | None = None) -> Run:
+  """Builds data (unless `splits=[]`), the model and a sharded TrainState (fresh; restore separately)."""
+  datasets = {}
+  if splits != []:  # pylint: disable=g-explicit-bool-comparison  (None = every split; [] = none)
+    tokenizer, datasets = inputs_lib.make_inputs(config, workdir, splits)
+    pose_dim = int(np.prod(next(iter(datasets.values())).pose_shape))
   mesh = sharding_lib.make_mesh(config.mesh)
-  any_split = next(iter(datasets.values()))
-  pose_dim = int(np.prod(any_split.pose_shape))
   num_steps = _num_train_steps(config, datasets['train'].num_examples) if 'train' in datasets else 0
   tx = optim.make_optimizer(config, max(num_steps, 1))
-
-  def build():
-    model = slt.build_model(config, tokenizer.vocab_size, pose_dim, rngs=nnx.Rngs(params=config.training.seed))
-    return nnx.split(model, nnx.Param, ...)
-
-  def init_state(params):
-    return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                               rng=jax.random.PRNGKey(config.training.seed + 1))
-
-  graphdef, abstract_params, abstract_rest = nnx.eval_shape(build)
-  abstract_state = jax.eval_shape(init_state, abstract_params)
-  state_shardings = sharding_lib.state_shardings(abstract_state, mesh)
-  rest_shardings = sharding_lib.state_shardings(abstract_rest, mesh)
-  if config.model.name:
-    # Pretrained weights are read on the host, tensor by tensor, then placed on their shardings.
-    _, params, rest = build()
-    params = jax.device_put(params, state_shardings.params)
-    rest = jax.device_put(rest, rest_shardings)
-    state = jax.jit(init_state, out_shardings=state_shardings)(params)
-  else:
-    # Random init runs inside jit straight onto the shardings: no parameter ever sits whole on one device.
-    def init_all():
-      _, params, rest = build()
-      return init_state(params), rest
-    state, rest = jax.jit(init_all, out_shardings=(state_shardings, rest_shardings))()
+  graphdef, state, rest, state_shardings = sharding_lib.create_sharded_state(
+      lambda: slt.build_model(config, tokenizer.vocab_size, pose_dim, rngs=nnx.Rngs(params=config.training.seed)),
+      tx, mesh, seed=config.training.seed + 1, eager=bool(config.model.name))
   return Run(config, workdir, tokenizer, datasets, mesh, graphdef, rest, state, state_shardings, tx, num_steps)
 
 
@@ -193,6 +172,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   t = config.training
   run = setup(config, workdir)
   is_main = jax.process_index() == 0
+  if is_main:
+    write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
   writer = metric_writers.create_default_writer(os.path.join(workdir, 'tensorboard'), just_logging=not is_main)
   ckpt = checkpoint_lib.Checkpoints(workdir, keep=t.keep_checkpoints, best_metric=t.best_metric)
 
@@ -222,6 +203,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_iter = run.splits['train'].iterator(start_step=start_step)
   meta = lambda step: {'step': step, 'data_position': step}  # batches are a function of the step (exact resume).
   last_log_time, last_log_step, pending = time.time(), start_step, []
+  val_metrics = {}  # step -> validation metrics of this process's evaluations
   step = start_step
   with _StopRequest() as stop:
     while step < num_steps:
@@ -255,9 +237,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
               f'{t.max_consecutive_nonfinite}); stopped at step {step}. The last good checkpoint is kept in '
               f'{workdir}/checkpoints.')
 
-      if step % t.eval_every_steps == 0 or step == num_steps:
-        metrics_val = evaluate_split(run, 'val', state.params, step, writer, decode_fn)
-        ckpt.save_best(step, state, meta(step), {t.best_metric: metrics_val[t.best_metric]})
+      if (step % t.eval_every_steps == 0 or step == num_steps) and 'val' in run.splits:
+        val_metrics[step] = evaluate_split(run, 'val', state.params, step, writer, decode_fn)
+        ckpt.save_best(step, state, meta(step), {t.best_metric: val_metrics[step][t.best_metric]})
       if step % t.checkpoint_every_steps == 0 or step == num_steps:
         ckpt.save(step, state, meta(step))
 
@@ -273,10 +255,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Final evaluation: the best checkpoint (by validation metric) on the test and validation splits.
   restored = ckpt.restore_best(state)
   best_state, best_meta = restored if restored is not None else (state, meta(step))
-  results = {}
+  best_step, results = int(best_meta['step']), {}
   for split in ('val', 'test'):
-    if split in run.splits:
-      results[split] = evaluate_split(run, split, best_state.params, int(best_meta['step']), writer, decode_fn)
+    if split == 'val' and best_step in val_metrics:
+      results[split] = val_metrics[best_step]  # already decoded with these very parameters
+    elif split in run.splits:
+      results[split] = evaluate_split(run, split, best_state.params, best_step, writer, decode_fn)
   writer.flush()
   ckpt.close()
   return results

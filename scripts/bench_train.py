@@ -1,0 +1,99 @@
+"""Steady-state train-step throughput of a config on synthetic batches (no tensorflow, no data files).
+
+  python scripts/bench_train.py --config=configs/demo.py --batch_size=32 --frames=80 --target_len=16 [--json]
+
+Compile time is measured separately from the timed steps. Reports examples/s, tokens/s (encoder frames +
+target tokens) and MFU against `--peak_tflops` (or the known peak of the device).
+"""
+import json
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from ml_collections import config_flags
+
+from slt_jax.models import slt
+from slt_jax.train import flops as flops_lib
+from slt_jax.train import optim
+from slt_jax.train import sharding as sharding_lib
+from slt_jax.train import step as step_lib
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/demo.py', 'Config file.')
+_BATCH = flags.DEFINE_integer('batch_size', None, 'Global batch size (default: the config\'s).')
+_FRAMES = flags.DEFINE_integer('frames', 96, 'Pose frames per example.')
+_TARGET = flags.DEFINE_integer('target_len', 24, 'Target tokens per example.')
+_KEYPOINTS = flags.DEFINE_integer('keypoints', 50, 'Keypoints per frame (50 = the hands_body preset).')
+_COORDS = flags.DEFINE_integer('coords', 3, 'Channels per keypoint.')
+_VOCAB = flags.DEFINE_integer('vocab_size', 0, 'Vocabulary size (0: the pretrained model\'s or 2000).')
+_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps after compilation.')
+_PEAK = flags.DEFINE_float('peak_tflops', 0.0, 'Device peak TFLOP/s for MFU (0: known GPUs, else no MFU).')
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object as the last line.')
+
+
+def synthetic_batch(batch_size, frames, keypoints, coords, target_len, vocab_size, seed=0):
+  """A random batch of the contract's layout: f32[B, T, K, C] poses, ~10% padding frames and tokens."""
+  rng = np.random.RandomState(seed)
+  lengths = rng.randint(int(frames * 0.8), frames + 1, batch_size)
+  tlen = rng.randint(int(target_len * 0.8), target_len + 1, batch_size)
+  return {
+      'poses': rng.randn(batch_size, frames, keypoints, coords).astype(np.float32),
+      'pose_mask': np.arange(frames)[None] < lengths[:, None],
+      'labels': rng.randint(4, vocab_size, (batch_size, target_len)).astype(np.int32),
+      'label_mask': np.arange(target_len)[None] < tlen[:, None],
+      'example_mask': np.ones((batch_size,), bool),
+  }
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  batch_size = _BATCH.value or config.training.batch_size
+  vocab = _VOCAB.value or int(config.model.arch.get('vocab_size', 0) or 2000)
+  pose_dim = _KEYPOINTS.value * _COORDS.value
+  mesh = sharding_lib.make_mesh(config.mesh)
+  tx = optim.make_optimizer(config, 1000)
+  graphdef, state, rest, shardings = sharding_lib.create_sharded_state(
+      lambda: slt.build_model(config, vocab, pose_dim, rngs=nnx.Rngs(params=0)), tx, mesh, seed=0)
+  step_fn = jax.jit(
+      lambda s, b: step_lib.train_step(s, b, graphdef=graphdef, rest=rest, tx=tx,
+                                       label_smoothing=config.training.label_smoothing,
+                                       grad_accum=config.training.gradient_accumulation_steps),
+      in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
+      out_shardings=(shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
+  host_batch = synthetic_batch(batch_size, _FRAMES.value, _KEYPOINTS.value, _COORDS.value, _TARGET.value, vocab)
+  batch = {k: jax.device_put(v, sharding_lib.batch_sharding(mesh)) for k, v in host_batch.items()}
+
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  state, metrics = compiled(state, batch)  # warm-up
+  jax.block_until_ready(metrics)
+  t0 = time.perf_counter()
+  for _ in range(_STEPS.value):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  seconds = (time.perf_counter() - t0) / _STEPS.value
+
+  step_flops = flops_lib.train_step_flops(graphdef, state.params, rest, batch)
+  peak = flops_lib.device_peak_flops(jax.devices()[0], _PEAK.value)
+  real_tokens = float(host_batch['pose_mask'].sum() + host_batch['label_mask'].sum())
+  result = {
+      'config': _CONFIG.value.model.family, 'device': jax.devices()[0].device_kind,
+      'num_devices': jax.device_count(), 'batch_size': batch_size, 'frames': _FRAMES.value,
+      'target_len': _TARGET.value, 'compile_s': round(compile_s, 2), 'step_s': seconds,
+      'examples_per_s': batch_size / seconds, 'tokens_per_s': real_tokens / seconds,
+      'tflops_per_s': step_flops / seconds / 1e12,
+      'mfu': (step_flops / seconds / (peak * jax.device_count())) if peak else None,
+      'loss': float(metrics['loss']),
+  }
+  for k, v in result.items():
+    print(f'{k:>16}: {v}')
+  if _JSON.value:
+    print(json.dumps(result))
+
+
+if __name__ == '__main__':
+  app.run(main)

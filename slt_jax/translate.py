@@ -1,0 +1,114 @@
+"""--mode=translate: `.pose` files (or folders of them) in, one translation per file out.
+
+  python -m slt_jax.main --config=configs/demo.py --workdir=runs/demo --mode=translate \
+      --inputs=a.pose,poses_dir/ [--output=translations.tsv]
+
+Uses the workdir's best checkpoint and the preprocessing the model was trained with (WORKDIR/config.json,
+written at training time, overrides the data and model fields of --config). Unreadable files are skipped with a
+message; the others are decoded in batches.
+"""
+import glob
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from slt_jax import decode as decode_lib
+from slt_jax.data import pipeline
+from slt_jax.data import pose_io
+from slt_jax.data import tokenizer as tokenizer_lib
+from slt_jax.train import checkpoint as checkpoint_lib
+from slt_jax.train import trainer
+
+
+def trained_config(config, workdir: str):
+  """`config` with its model and data fields replaced by those the workdir was trained with."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    logging.warning('%s not found: using --config as given for preprocessing and model.', path)
+    return config
+  with open(path, encoding='utf-8') as f:
+    stored = ml_collections.ConfigDict(json.load(f))
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model = stored.model
+    config.data = stored.data
+  return config
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+  """Files as given, folders expanded to their `.pose` files (recursively, sorted)."""
+  paths = []
+  for item in inputs:
+    if os.path.isdir(item):
+      paths.extend(sorted(glob.glob(os.path.join(item, '**', '*.pose'), recursive=True)))
+    else:
+      paths.append(item)
+  return paths
+
+
+def _pad_batch(arrays: list[pose_io.PoseArrays], batch_size: int, frames: int, visibility_channel: bool):
+  """Stacks arrays into poses f32[B, T, K, C] and pose_mask bool[B, T] (filler rows are all padding), laid out
+  as the training pipeline lays them out (the visibility channel appended when configured)."""
+  k, c = arrays[0].points.shape[1:]
+  poses = np.zeros((batch_size, frames, k, c + int(visibility_channel)), np.float32)
+  mask = np.zeros((batch_size, frames), bool)
+  for i, a in enumerate(arrays):
+    n = min(len(a.points), frames)
+    poses[i, :n, :, :c] = a.points[:n]
+    if visibility_channel:
+      poses[i, :n, :, c] = a.visible[:n]
+    mask[i, :n] = True
+  return poses, mask
+
+
+def translate(config, workdir: str, inputs: list[str], output: str | None = None,
+              batch_size: int = 16) -> list[tuple[str, str]]:
+  """Translates every readable `.pose` file of `inputs`; returns [(path, translation)] and prints/writes them."""
+  config = trained_config(config, workdir)
+  options = pose_io.PoseOptions.from_config(config.data)
+  tokenizer = tokenizer_lib.get_tokenizer(config, workdir, texts=[])
+  k, c = pipeline.pose_feature_shape(config)
+  run = trainer.setup(config, workdir, splits=[], tokenizer=tokenizer, pose_dim=k * c)
+  ckpt = checkpoint_lib.Checkpoints(workdir, keep=config.training.keep_checkpoints,
+                                    best_metric=config.training.best_metric)
+  restored = ckpt.restore_best(run.state)
+  if restored is None:
+    raise FileNotFoundError(f'no checkpoint in {workdir}/best or {workdir}/checkpoints: train first')
+  state, meta = restored
+  ckpt.close()
+  logging.info('Translating with the checkpoint of step %d.', int(meta['step']))
+
+  readable = []
+  for path in expand_inputs(inputs):
+    try:
+      readable.append((path, pose_io.read_pose(path, options)))
+    except pose_io.PoseReadError as e:
+      logging.warning('Skipping %s: %s', path, e)
+      print(f'# skipped {path}: {e}')
+
+  graphdef, rest, max_new = run.graphdef, run.rest, config.decode.max_new_tokens
+  decode_fn = jax.jit(lambda p, poses, mask: decode_lib.greedy(nnx.merge(graphdef, p, rest), poses, mask, max_new))
+  bounds = sorted(config.data.bucket_boundaries)
+  results = []
+  for start in range(0, len(readable), batch_size):
+    chunk = readable[start:start + batch_size]
+    longest = max(len(a.points) for _, a in chunk)
+    frames = next((b for b in bounds if b >= longest), longest)  # few distinct shapes -> few compilations
+    poses, mask = _pad_batch([a for _, a in chunk], batch_size, frames,
+                             bool(config.data.get('visibility_channel', False)))
+    ids = np.asarray(jax.device_get(decode_fn(state.params, poses, mask)))
+    for (path, _), row in zip(chunk, ids):
+      results.append((path, tokenizer.decode(row.tolist())))
+
+  for path, text in results:
+    print(f'{path}\t{text}')
+  if output:
+    with open(output, 'w', encoding='utf-8') as f:
+      f.write('path\ttranslation\n')
+      f.writelines(f'{p}\t{t}\n' for p, t in results)
+  return results
