@@ -1,0 +1,191 @@
+"""--mode=check: what a config resolves to, and whether it fits, without allocating a single weight.
+
+  python -m slt_jax.main --config=configs/qwen7b.py --workdir=runs/check --mode=check
+
+Builds the model abstractly (nnx.eval_shape), counts parameters, shows the sharding plan on the current devices,
+compiles the train step on abstract shapes and reads XLA's memory analysis (per device), and validates the data
+paths when they exist. Prints a report and writes WORKDIR/check.json.
+"""
+import collections
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from slt_jax.models import slt
+from slt_jax.train import optim
+from slt_jax.train import sharding as sharding_lib
+from slt_jax.train import step as step_lib
+
+
+def _nbytes(shape, dtype) -> int:
+  return int(np.prod(shape, dtype=np.int64)) * jnp.dtype(dtype).itemsize
+
+
+def _per_device_bytes(abstract_tree) -> int:
+  """Bytes one device holds of a tree of ShapeDtypeStructs with shardings (its shard of each array)."""
+  total = 0
+  for leaf in jax.tree.leaves(abstract_tree):
+    shape = leaf.sharding.shard_shape(leaf.shape) if getattr(leaf, 'sharding', None) is not None else leaf.shape
+    total += _nbytes(shape, leaf.dtype)
+  return total
+
+
+def _count(tree) -> int:
+  return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))
+
+
+def _with_shardings(abstract, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def _data_report(config) -> dict:
+  """Rows and missing pose files of each CSV split whose path exists (nothing is parsed)."""
+  from slt_jax.data import sources  # pylint: disable=g-import-not-at-top  (pose-format; optional on GPU hosts)
+  report = {}
+  for split in ('train', 'val', 'test'):
+    path = config.data.get(f'{split}_path', '')
+    if not path:
+      continue
+    if not os.path.exists(path):
+      report[split] = {'error': f'{path} does not exist'}
+      continue
+    rows, skipped = sources.read_csv(path, config.data.pose_dir, config.data.get('text_column', 'text'))
+    report[split] = {'rows': len(rows) + sum(len(v) for v in skipped.values()), 'usable_rows': len(rows),
+                     **{reason: len(uids) for reason, uids in skipped.items() if uids}}
+  return report
+
+
+def _vocab_size(config) -> int:
+  arch_vocab = int(config.model.arch.get('vocab_size', 0) or 0)
+  if arch_vocab:
+    return arch_vocab
+  if config.model.name and os.path.exists(os.path.join(config.model.name, 'config.json')):
+    with open(os.path.join(config.model.name, 'config.json'), encoding='utf-8') as f:
+      return int(json.load(f)['vocab_size'])
+  return int(config.data.get('trained_tokenizer', {}).get('vocab_size', 2000))
+
+
+def memory_plan(config, graphdef, abstract_state, abstract_rest, state_shardings, rest_shardings, tx, mesh,
+                batch_size: int, frames: int, target_len: int, pose_shape) -> dict:
+  """Per-device bytes of the jitted train step, from XLA's compiled memory analysis on abstract inputs."""
+  k, c = pose_shape
+  batch = {
+      'poses': jax.ShapeDtypeStruct((batch_size, frames, k, c), jnp.float32),
+      'pose_mask': jax.ShapeDtypeStruct((batch_size, frames), jnp.bool_),
+      'labels': jax.ShapeDtypeStruct((batch_size, target_len), jnp.int32),
+      'label_mask': jax.ShapeDtypeStruct((batch_size, target_len), jnp.bool_),
+      'example_mask': jax.ShapeDtypeStruct((batch_size,), jnp.bool_),
+  }
+  batch_sharding = sharding_lib.batch_sharding(mesh)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in batch.items()}
+  t = config.training
+  step = jax.jit(
+      lambda s, rest, b: step_lib.train_step(s, b, graphdef=graphdef, rest=rest, tx=tx,
+                                             label_smoothing=t.label_smoothing,
+                                             grad_accum=t.gradient_accumulation_steps),
+      in_shardings=(state_shardings, rest_shardings, batch_sharding),
+      out_shardings=(state_shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
+  state_arg = _with_shardings(abstract_state, state_shardings)
+  rest_arg = _with_shardings(abstract_rest, rest_shardings)
+  compiled = step.lower(state_arg, rest_arg, batch).compile()
+  stats = compiled.memory_analysis()
+  plan = {
+      'trained_params_bytes': _per_device_bytes(state_arg.params),
+      'optimizer_state_bytes': _per_device_bytes(state_arg.opt_state),
+      'frozen_params_bytes': _per_device_bytes(rest_arg),
+      'batch_bytes': _per_device_bytes(batch),
+      'temporaries_bytes': int(stats.temp_size_in_bytes) if stats else None,
+      'arguments_bytes': int(stats.argument_size_in_bytes) if stats else None,
+  }
+  if stats is not None:
+    # Donated state aliases the outputs, so the peak is the arguments plus XLA's temporaries.
+    plan['total_bytes'] = int(stats.argument_size_in_bytes + stats.temp_size_in_bytes
+                              + stats.output_size_in_bytes - stats.alias_size_in_bytes)
+  plan['batch'] = {'batch_size': batch_size, 'frames': frames, 'target_len': target_len}
+  return plan
+
+
+def check(config, workdir: str, *, memory: bool = True) -> dict:
+  """Resolves `config` offline and returns (and writes to WORKDIR/check.json) its report."""
+  from slt_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  mesh = sharding_lib.make_mesh(config.mesh)
+  pose_shape = pipeline.pose_feature_shape(config)
+  vocab = _vocab_size(config)
+  tx = optim.make_optimizer(config, 1000)
+  trainable = slt.trainable_filter(config) if hasattr(slt, 'trainable_filter') else nnx.Param
+
+  def build():
+    model = slt.build_model(config, vocab, int(np.prod(pose_shape)), rngs=nnx.Rngs(params=0))
+    return model, nnx.split(model, trainable, ...)
+
+  abstract_model, (graphdef, abstract_params, abstract_rest) = nnx.eval_shape(build)
+  family = getattr(abstract_model, 'family', config.model.family)
+  backbone = nnx.state(abstract_model.lm, nnx.Param) if hasattr(abstract_model, 'lm') else None
+  abstract_state = jax.eval_shape(
+      lambda p: step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
+                                    rng=jax.random.PRNGKey(0)), abstract_params)
+  state_shardings = sharding_lib.state_shardings(abstract_state, mesh)
+  rest_shardings = sharding_lib.state_shardings(abstract_rest, mesh)
+
+  all_params = nnx.state(abstract_model, nnx.Param)
+  report = {
+      'family': family,
+      'backbone_params': _count(backbone) if backbone is not None else None,
+      'total_params': _count(all_params),
+      'trainable_params': _count(abstract_params),
+      'devices': [str(d) for d in jax.devices()],
+      'mesh': dict(mesh.shape),
+      'vocab_size': vocab,
+  }
+  # Sharding plan: how many parameters go to each PartitionSpec (the full per-tensor plan is in check.json).
+  plan, by_spec = {}, collections.Counter()
+  for path, sharding in jax.tree_util.tree_flatten_with_path(state_shardings.params)[0]:
+    name = '/'.join(str(getattr(p, 'key', getattr(p, 'idx', p))) for p in path)
+    plan[name] = str(sharding.spec)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
+    name = '/'.join(str(getattr(p, 'key', getattr(p, 'idx', p))) for p in path)
+    by_spec[plan.get(name, '?')] += int(np.prod(leaf.shape, dtype=np.int64))
+  report['sharding_summary'] = dict(by_spec)
+  report['sharding_plan'] = plan
+  if memory:
+    t, d = config.training, config.data
+    per_step_batch = t.batch_size
+    report['memory_per_device'] = memory_plan(
+        config, graphdef, abstract_state, abstract_rest, state_shardings, rest_shardings, tx, mesh,
+        per_step_batch, int(d.max_frames), int(d.max_target_length), pose_shape)
+  try:
+    report['data'] = _data_report(config)
+  except ImportError as e:
+    report['data'] = {'skipped': f'data libraries unavailable ({e})'}
+
+  _print(report)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'check.json'), 'w', encoding='utf-8') as f:
+    json.dump(report, f, indent=2)
+  logging.info('Wrote %s', os.path.join(workdir, 'check.json'))
+  return report
+
+
+def _gib(x):
+  return f'{x / 2**30:8.2f} GiB' if isinstance(x, (int, float)) else str(x)
+
+
+def _print(report: dict) -> None:
+  lines = [f"family            {report['family']}",
+           f"backbone params   {report['backbone_params']:,}" if report['backbone_params'] else 'backbone params   -',
+           f"total params      {report['total_params']:,}",
+           f"trainable params  {report['trainable_params']:,}",
+           f"mesh              {report['mesh']} on {len(report['devices'])} device(s)",
+           'sharding (params per PartitionSpec):']
+  lines += [f'  {spec:<40} {n:,}' for spec, n in report['sharding_summary'].items()]
+  if 'memory_per_device' in report:
+    lines.append('memory per device (train step, XLA memory analysis):')
+    lines += [f'  {k:<24} {_gib(v)}' for k, v in report['memory_per_device'].items() if k != 'batch']
+  for split, info in report.get('data', {}).items():
+    lines.append(f'data {split:<6} {info}')
+  print('\n'.join(lines))
