@@ -22,7 +22,7 @@ def get_config():
       rope_scaling=dict(rope_type='llama3', factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                         original_max_position_embeddings=8192),
       attention_bias=False, mlp_bias=False, tie_word_embeddings=False,
-      bos_token_id=128000, eos_token_id=(128001, 128008, 128009), pad_token_id=None,
+      bos_token_id=128000, eos_token_id=[128001, 128008, 128009], pad_token_id=None,
   ))
   config.model.prompt = 'Translate the sign language in the pose sequence into text.'
   config.model.use_lora = True

@@ -13,7 +13,7 @@ frame spans of the signs) and `lexicon.json` (every word and its sign) are for a
 Everything is a pure function of the arguments: the same seed gives the same bytes.
 
 THE LANGUAGE
-Vocabulary (`vocab_size` signs, 20..~340): the closed signs NOT and Q, time signs (YESTERDAY,
+Vocabulary (`vocab_size` signs, 20..MAX_VOCAB=336): the closed signs NOT and Q, time signs (YESTERDAY,
 LAST-WEEK, TOMORROW, NOW, ...), pronouns (I, YOU, WE, THEY, HE, SHE), nouns (animate: DOG, TEACHER, ...;
 things: BOOK, APPLE, ...), transitive verbs (with the kind of object they take), intransitive verbs
 and adjectives (for animates, things or both), drawn from fixed English word lists by the seed.
@@ -35,7 +35,7 @@ How a sign is built (phonology of real sign languages, in shoulder-width units r
               signs change handshape midway (e.g. O -> 5).
   location    one of 10 places (forehead, chin, cheek, chest, either shoulder, neutral space, high
               space, waist, side).
-  movement    one of 16 paths (tap, forward, down, up, out, across, circles, arc, zigzag, shake,
+  movement    one of 17 paths (tap, forward, down, up, out, across, two circles, arc, zigzag, shake,
               twist, nod, diagonal, double stroke, toward body, spiral).
   orientation one of 8 palm/finger directions (plus a small per-word tilt).
   hands       one-handed; two-handed symmetric (the other hand mirrors); alternating (half a cycle
@@ -604,16 +604,24 @@ def make_sentences(words, seed, num_train, num_val, num_test, heldout_pair_frac=
   seen_words = set()
   # Training: the first sentences each cover one word (in a random order), then free sampling.
   order = [words[i]['id'] for i in rng.permutation(len(words))]
+  counts = np.zeros(len(words), int)
   for i in range(num_train):
     must = order[i] if i < len(order) else None
+    cands = []
     for _ in range(20000):
       s = g.sample(rng)
       if (must is None or must in s['ids']) and not (_pairs(s['ids'], g.not_id, g.q_id) & banned):
-        break
-    else:
+        cands.append(s)
+        if must is not None or len(cands) == 2:
+          break
+    if not cands:
       raise RuntimeError(f'could not sample a training sentence with word {words[must]["gloss"]}')
-    out['train'].append(s)
-    seen_words.update(s['ids'])
+    # Of two candidates keep the one with the rarer word so far: flattens word frequencies (thing-only
+    # adjectives and nouns would otherwise be several times rarer than the rest).
+    best = min(cands, key=lambda c: counts[c['ids']].min())
+    out['train'].append(best)
+    counts[best['ids']] += 1
+    seen_words.update(best['ids'])
   train_texts = {s['text'] for s in out['train']}
   train_tokens = set().union(*(_tokens(s['text']) for s in out['train']))
   for split, n in (('val', num_val), ('test', num_test)):
@@ -756,9 +764,10 @@ def _smooth(x, sigma):
   return sum(k[i] * pad[i:i + len(x)] for i in range(2 * r + 1))
 
 
-def render_sentence(words, ids, signer, rng):
+def render_sentence(words, ids, signer, rng, fps=25.0):
   """Tracks of one sentence: dict(state f32[T, 2, 27], spans [(start, end)] of the signs)."""
-  tempo = signer['tempo']
+  rate = fps / 25.0  # durations are designed in frames at 25 fps
+  tempo = signer['tempo'] * rate
   signs = []
   for i in ids:
     n = max(5, int(round(words[i]['sign']['frames'] * tempo * rng.uniform(0.9, 1.1))))
@@ -773,14 +782,14 @@ def render_sentence(words, ids, signer, rng):
     pull = 0.2 * (ends[k] - s[0]) * (1 - u) ** 3 + 0.15 * (starts[k + 1] - s[-1]) * u ** 3
     pull[..., 3:7] = 0
     signs[k] = s + pull
-  pieces = [np.repeat(rest[None], rng.integers(3, 7), 0)]
+  pieces = [np.repeat(rest[None], int(round(rng.integers(3, 7) * rate)), 0)]
   spans = []
   t = len(pieces[0])
   prev = rest
   for s in signs + [None]:
     nxt = s[0] if s is not None else rest
     dist = np.linalg.norm(nxt[0, :3] - prev[0, :3])
-    m = int(np.clip(round((2 + 3 * dist) * tempo), 2, 6))
+    m = int(np.clip(round((2 + 3 * dist) * tempo), 2 * rate, 6 * rate))
     w = ((np.arange(1, m + 1) / (m + 1)) ** 2 * (3 - 2 * np.arange(1, m + 1) / (m + 1)))[:, None, None]
     nxt_q = nxt.copy()
     flip = np.sum(nxt_q[:, 3:7] * prev[:, 3:7], -1) < 0
@@ -793,10 +802,10 @@ def render_sentence(words, ids, signer, rng):
     spans.append((t, t + len(s)))
     t += len(s)
     prev = s[-1]
-  pieces.append(np.repeat(rest[None], rng.integers(3, 7), 0))
+  pieces.append(np.repeat(rest[None], int(round(rng.integers(3, 7) * rate)), 0))
   state = np.concatenate(pieces, 0)
   _align_quats(state)
-  state = _smooth(state, 1.0)
+  state = _smooth(state, rate)
   return dict(state=state, spans=spans)
 
 
@@ -810,7 +819,7 @@ _VIS = np.array([next((v for k, v in _VISIBILITY.items() if n.endswith(k)), 0.99
 _P = {n: i for i, n in enumerate(_POSE_NAMES)}
 
 
-def _skeleton(state, signer, rng):
+def _skeleton(state, signer, rng, fps):
   """Body-frame points of the canonical right-handed signer.
 
   Returns pose f32[T, 33, 3] (POSE_LANDMARKS order), hands dict side -> f32[T, 21, 3], face f32[T, 468, 3].
@@ -819,7 +828,7 @@ def _skeleton(state, signer, rng):
   right = _hand_points(state[:, 0], signer['hand'])
   left = _hand_points(state[:, 1], signer['hand']) * (-1, 1, 1)  # mirrored frame -> left hand
   # Torso sway: a slow drift of the whole upper body plus a small roll of the shoulder line.
-  t = np.arange(T) / 25.0
+  t = np.arange(T) / fps
   ph = rng.uniform(0, 2 * np.pi, 3)
   sway = signer['sway'] * np.stack([np.sin(2 * np.pi * 0.4 * t + ph[0]),
                                     0.5 * np.sin(2 * np.pi * 0.3 * t + ph[1]), 0 * t], -1)
@@ -878,12 +887,12 @@ class _Layout:
       off += len(c.points)
 
 
-def render_pose(words, ids, signer, layout, rng, noise, dropout_prob):
+def render_pose(words, ids, signer, layout, rng, noise, dropout_prob, fps=25.0):
   """One example: (data f32[T, 1, P, 3] in pixels, confidence f32[T, 1, P], spans of the signs)."""
-  tracks = render_sentence(words, ids, signer, rng)
+  tracks = render_sentence(words, ids, signer, rng, fps)
   state, spans = tracks['state'], tracks['spans']
   T = len(state)
-  pose, hands, face = _skeleton(state, signer, rng)
+  pose, hands, face = _skeleton(state, signer, rng, fps)
   if signer['left_handed']:  # mirror image of a right-handed signer: swap sides, negate x
     pose = pose[:, _SWAP] * (-1, 1, 1)
     hands = dict(RIGHT=hands['LEFT'] * (-1, 1, 1), LEFT=hands['RIGHT'] * (-1, 1, 1))
@@ -954,7 +963,8 @@ def generate_corpus(out_dir, *, seed=0, vocab_size=120, num_signers=8, num_train
 
   seed: everything derives from it. vocab_size: number of signs. num_signers: signers drawn per
   sentence; the last `num_heldout_signers` of them sign only val/test. noise: keypoint noise std in
-  shoulder widths. dropout_prob: fraction of hand-frames with a dropped detection. layout: 'reduced'
+  shoulder widths. dropout_prob: fraction of hand-frames with a dropped detection. fps: frame rate
+  (motion is timed for 25 fps and rescaled to it). layout: 'reduced'
   (178-point Holistic, as pose-format's reduce_holistic) or 'full' (543 points).
   """
   if layout not in ('reduced', 'full'):
@@ -986,7 +996,7 @@ def generate_corpus(out_dir, *, seed=0, vocab_size=120, num_signers=8, num_train
       lo = 0 if split == 'train' or num_heldout_signers == 0 else n_train_signers
       hi = n_train_signers if split == 'train' else num_signers
       who = int(rng.integers(lo, hi))
-      data, conf, spans = render_pose(words, s['ids'], signers[who], lay, rng, noise, dropout_prob)
+      data, conf, spans = render_pose(words, s['ids'], signers[who], lay, rng, noise, dropout_prob, fps)
       uid = f'{split}_{i:05d}'
       buf = io.BytesIO()
       Pose(header, NumPyPoseBody(fps, data, conf)).write(buf)

@@ -1,0 +1,243 @@
+"""Decoder-only SLT: a pose prefix in the embedding space of an LLM (Llama / Mistral / Qwen2 / Gemma).
+
+  poses -> PoseFrontEnd -> pose encoder (a few bidirectional transformer layers) -> projector (2-layer MLP
+  into the LLM's hidden size) -> the LLM sees   [prefix tokens][pose embeddings][suffix][target tokens]
+
+prefix / suffix: the prompt. With an instruct tokenizer it is its chat template around the poses (e.g. Qwen:
+`<|im_start|>system ...<|im_end|>\n<|im_start|>user\n{prompt}\n` + poses + `<|im_end|>\n<|im_start|>assistant\n`),
+otherwise BOS + the prompt before the poses and, after them, a learned "answer start" embedding (so the
+position predicting the first target token is never a padding frame).
+
+Padding: pose frames are padded in the middle of the sequence. They are masked as keys and skipped by the
+RoPE positions (`decoder.positions_from_mask`), so a row computes exactly what it would unpadded. The
+logits returned are those of the target positions only, aligned with the labels (logits[:, i] predicts
+labels[:, i]), so the trainer's masked loss covers the target tokens and nothing else.
+
+  model = build_causal_model(config, vocab_size, pose_dim, rngs, tokenizer=None)
+  logits = model(batch)                                             # f32[B, L, V]
+  logits, state = model.start_decode(poses, pose_mask, max_new_tokens)
+  logits, state = model.decode_step(state, tokens)                  # state: decoder.DecodeState, batch-first
+"""
+import math
+import os
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from slt_jax.models import decoder, hf
+from slt_jax.models import layers as L
+from slt_jax.models.pose_frontend import PoseFrontEnd
+
+FAMILIES = decoder.MODEL_TYPES
+_POSES = '<|slt_poses|>'  # placeholder where the poses go when rendering a chat template
+_TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'tokenizer.model')
+
+
+class PoseEncoderLayer(nnx.Module):
+  """Pre-norm bidirectional transformer layer over pose frames (RoPE over the real frames)."""
+
+  def __init__(self, dim: int, num_heads: int, *, dropout: float, dtype, param_dtype, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    self.attn_norm = L.RMSNorm(dim, **kw)
+    self.attn = L.Attention(dim, num_heads, dim // num_heads, rngs=rngs, **kw)
+    self.mlp_norm = L.RMSNorm(dim, **kw)
+    self.mlp = L.MLP(dim, 4 * dim, activation='gelu', dropout=dropout, rngs=rngs, **kw)
+    self.dropout = nnx.Dropout(dropout)
+
+  def __call__(self, x, mask, rotary, rngs=None):
+    """x: [B, T, dim], mask: bool[B, 1, 1, T] -> [B, T, dim]."""
+    drop = lambda h: self.dropout(h, rngs=rngs, deterministic=rngs is None)
+    x = x + drop(self.attn(self.attn_norm(x), mask=mask, rotary=rotary))
+    return x + drop(self.mlp(self.mlp_norm(x), rngs=rngs))
+
+
+class PoseEncoder(nnx.Module):
+  """Front end -> transformer layers -> projector: poses -> embeddings in the LLM's input space."""
+
+  def __init__(self, pose_dim: int, llm_dim: int, *, hidden: int, conv_layers: int, conv_stride: int,
+               num_layers: int, num_heads: int, dropout: float, dtype, param_dtype, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    if hidden % num_heads:
+      raise ValueError(f'model.pose.hidden={hidden} is not a multiple of model.pose_encoder.num_heads={num_heads}')
+    self.frontend = PoseFrontEnd(pose_dim, hidden, hidden=hidden, conv_layers=conv_layers,
+                                 conv_stride=conv_stride, dropout=dropout, rngs=rngs, **kw)
+    self.num_layers, self.head_dim = num_layers, hidden // num_heads
+    self.layers = L.make_layers(
+        lambda r: PoseEncoderLayer(hidden, num_heads, dropout=dropout, rngs=r, **kw), num_layers, rngs,
+        scan=False)
+    self.norm = L.RMSNorm(hidden, **kw)
+    # LLaVA-style projector; logical names as an MLP so the big (llm_dim) side shards like the LLM's.
+    self.proj_in = L.dense(hidden, llm_dim, ('embed', 'mlp'), use_bias=True, rngs=rngs, **kw)
+    self.proj_out = L.dense(llm_dim, llm_dim, ('mlp', 'embed'), use_bias=True, rngs=rngs, **kw)
+
+  def __call__(self, poses, pose_mask, rngs=None):
+    """poses f32[B, T, K, C], pose_mask bool[B, T] -> (x [B, T', llm_dim], mask bool[B, T'])."""
+    x, mask = self.frontend(poses, pose_mask, rngs=rngs)
+    rot = L.rotary(decoder.positions_from_mask(mask), L.rope_inv_freq(self.head_dim))
+    body = lambda layer, h, _, r: (layer(h, L.key_mask(mask), rot, r), None)
+    x, _ = L.apply_layers(self.layers, body, x, num_layers=self.num_layers, scan=False, rngs=rngs)
+    x = self.proj_out(jax.nn.gelu(self.proj_in(self.norm(x))))
+    return jnp.where(mask[..., None], x, 0), mask
+
+
+class CausalSLT(nnx.Module):
+  """Poses -> text with a decoder-only LLM `lm` (decoder.Decoder); follows the model contract of slt.py."""
+
+  def __init__(self, lm: decoder.Decoder, encoder: PoseEncoder, *, eos_id: int, pad_id: int,
+               prefix_ids: Sequence[int] = (), suffix_ids: Sequence[int] = (), rngs: nnx.Rngs):
+    self.lm, self.encoder = lm, encoder
+    self.eos_id, self.pad_id = int(eos_id), int(pad_id)
+    self.vocab_size = int(lm.config.vocab_size)
+    self.prefix_ids = tuple(int(i) for i in prefix_ids)
+    self.suffix_ids = tuple(int(i) for i in suffix_ids)
+    if not self.suffix_ids:
+      dim = lm.config.hidden_size
+      init = L.normal(1 / math.sqrt(dim))(rngs.params(), (dim,), lm.embed_tokens.embedding[...].dtype)
+      self.answer_start = nnx.Param(init, out_sharding=('embed',), eager_sharding=False)
+
+  # -- the prompt: [prefix][poses][suffix] --------------------------------------------------------------
+  def _tokens(self, ids, batch):
+    x = self.lm.embed(jnp.asarray(ids, jnp.int32)[None])
+    return jnp.broadcast_to(x, (batch,) + x.shape[1:])
+
+  def prompt(self, poses, pose_mask, rngs=None):
+    """-> (embeddings [B, P, hidden], mask bool[B, P]); the last position predicts the first target."""
+    pose, mask = self.encoder(poses, pose_mask, rngs=rngs)
+    b = pose.shape[0]
+    parts = [pose.astype(self.lm.dtype)]
+    if self.prefix_ids:
+      parts.insert(0, self._tokens(self.prefix_ids, b))
+    if self.suffix_ids:
+      parts.append(self._tokens(self.suffix_ids, b))
+    else:
+      parts.append(jnp.broadcast_to(self.answer_start[...].astype(self.lm.dtype), (b, 1, pose.shape[-1])))
+    n_pre, n_post = len(self.prefix_ids), parts[-1].shape[1]
+    mask = jnp.concatenate([jnp.ones((b, n_pre), bool), mask, jnp.ones((b, n_post), bool)], axis=1)
+    return jnp.concatenate(parts, axis=1), mask
+
+  # -- the model contract ---------------------------------------------------------------------------
+  def __call__(self, batch: dict, rngs: Optional[nnx.Rngs] = None) -> jax.Array:
+    """Teacher forcing: batch['poses'], ['pose_mask'], ['labels'] i32[B, L] -> logits f32[B, L, V]."""
+    x, mask = self.prompt(batch['poses'], batch['pose_mask'], rngs=rngs)
+    labels = batch['labels']
+    p, l = x.shape[1], labels.shape[1]
+    # Target inputs are the labels shifted right (the prompt's last position predicts labels[:, 0]). The
+    # padding after EOS only feeds positions after it (causal), whose loss is masked.
+    targets = self.lm.embed(labels[:, :-1].astype(jnp.int32))
+    x = jnp.concatenate([x, targets], axis=1)
+    mask = jnp.concatenate([mask, jnp.ones(targets.shape[:2], bool)], axis=1)
+    h = self.lm(inputs_embeds=x, attention_mask=mask, return_hidden=True)
+    return self.lm.head(h[:, p - 1:p - 1 + l])
+
+  def start_decode(self, poses: jax.Array, pose_mask: jax.Array, max_new_tokens: int):
+    """-> (logits f32[B, V] of the first generated token, state: decoder.DecodeState, batch-first)."""
+    x, mask = self.prompt(poses, pose_mask)
+    state = self.lm.init_state(x.shape[0], x.shape[1] + max_new_tokens)
+    return self.lm.extend(state, inputs_embeds=x, attention_mask=mask, last_only=True)
+
+  def decode_step(self, state: decoder.DecodeState, tokens: jax.Array):
+    """tokens i32[B] (just chosen) -> (logits f32[B, V] for the next token, new state)."""
+    return self.lm.extend(state, tokens[:, None].astype(jnp.int32), last_only=True)
+
+
+# --- prompts -------------------------------------------------------------------------------------------
+
+def prompt_ids(tokenizer, prompt: str = '', *, chat_template: bool = True, bos_id: Optional[int] = None):
+  """(prefix_ids, suffix_ids) around the poses.
+
+  tokenizer: slt_jax.data.tokenizer's interface (encode, bos_id; `hf_tokenizer` for a pretrained one), or
+  None. With a chat template: the user turn holds the prompt then the poses, and the suffix ends with the
+  assistant turn's opening. Otherwise: BOS + prompt before the poses, nothing after (the model's learned
+  answer-start embedding follows them).
+  """
+  hf_tok = getattr(tokenizer, 'hf_tokenizer', None)
+  if chat_template and hf_tok is not None and getattr(hf_tok, 'chat_template', None):
+    content = f'{prompt}\n{_POSES}' if prompt else _POSES
+    text = hf_tok.apply_chat_template([{'role': 'user', 'content': content}], tokenize=False,
+                                      add_generation_prompt=True)
+    before, after = text.split(_POSES)
+    encode = lambda s: list(hf_tok(s, add_special_tokens=False)['input_ids']) if s else []
+    return tuple(encode(before)), tuple(encode(after))
+  bos = getattr(tokenizer, 'bos_id', None) if tokenizer is not None else None
+  bos = bos if bos is not None else bos_id
+  prefix = ([bos] if bos is not None else []) + (list(tokenizer.encode(prompt)) if prompt and tokenizer else [])
+  return tuple(prefix), ()
+
+
+# --- building from the config ------------------------------------------------------------------------
+
+def _dtypes(config):
+  """(compute, parameter) dtypes: the same rule as slt.py (bf16 mixed precision keeps float32 masters)."""
+  param_dtype = jnp.dtype(config.model.dtype)
+  return (jnp.bfloat16 if config.training.mixed_precision == 'bf16' else param_dtype), param_dtype
+
+
+def lm_config(config) -> decoder.DecoderConfig:
+  """The LLM's DecoderConfig: the checkpoint's config.json (model.name) or model.arch."""
+  mc = config.model
+  if mc.name:
+    arch = hf.read_config(mc.name)
+  else:
+    arch = dict(mc.arch.to_dict() if hasattr(mc.arch, 'to_dict') else mc.arch)
+    arch.setdefault('model_type', mc.family)
+  arch.update(scan_layers=mc.scan_layers, remat=mc.remat)
+  return decoder.config_from_hf(arch)
+
+
+def _first(ids):
+  return ids[0] if isinstance(ids, (tuple, list)) else ids
+
+
+def build_causal_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, tokenizer=None) -> CausalSLT:
+  """The decoder-only SLT model of the contract (pose_dim = K * C).
+
+  The LLM is pretrained (config.model.name) or random from config.model.arch (its vocab_size, which must
+  cover the tokenizer's). tokenizer: for the prompt and EOS / pad ids; default: loaded from
+  config.model.tokenizer or config.model.name when set, else none (BOS-only prompt, ids from config.json).
+  """
+  mc = config.model
+  dtype, param_dtype = _dtypes(config)
+  if mc.name:
+    lm = hf.from_pretrained(mc.name, dtype, param_dtype, scan_layers=mc.scan_layers, remat=mc.remat)
+  else:
+    lm = decoder.build(lm_config(config), dtype, param_dtype, rngs)
+  cfg = lm.config
+  if vocab_size > cfg.vocab_size:
+    raise ValueError(f'the tokenizer has {vocab_size} ids but the LLM only {cfg.vocab_size} embeddings')
+  tok_dir = mc.tokenizer or mc.name
+  if tokenizer is None and tok_dir and any(os.path.exists(os.path.join(tok_dir, f)) for f in _TOKENIZER_FILES):
+    from slt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+    tokenizer = tokenizer_lib.load_tokenizer(tok_dir)
+  prefix, suffix = prompt_ids(tokenizer, mc.prompt, chat_template=mc.chat_template, bos_id=cfg.bos_token_id)
+  eos = tokenizer.eos_id if tokenizer is not None else _first(cfg.eos_token_id)
+  pad = tokenizer.pad_id if tokenizer is not None else cfg.pad_token_id
+  if eos is None:
+    raise ValueError('no EOS id: neither the tokenizer nor the LLM config.json (eos_token_id) has one')
+  encoder = PoseEncoder(
+      pose_dim, cfg.hidden_size, hidden=mc.pose.hidden, conv_layers=mc.pose.conv_layers,
+      conv_stride=mc.pose.conv_stride, num_layers=mc.pose_encoder.num_layers,
+      num_heads=mc.pose_encoder.num_heads, dropout=mc.pose.dropout, dtype=dtype, param_dtype=param_dtype,
+      rngs=rngs)
+  return CausalSLT(lm, encoder, eos_id=eos, pad_id=eos if pad is None else pad, prefix_ids=prefix,
+                   suffix_ids=suffix, rngs=rngs)
+
+
+def count_params_abstract(config, pose_dim: int = 1) -> dict:
+  """Parameter counts of the configured model, built abstractly (nnx.eval_shape: no weights allocated).
+
+  Returns {'llm': ..., 'pose_encoder': ..., 'total': ...}; 'llm' is what HF counts for the checkpoint
+  (Qwen2.5-7B-Instruct: 7,615,616,512). pose_dim: K * C of the data (the front end's input layer).
+  """
+  mc = config.model
+  cfg = lm_config(config)
+  dtype, param_dtype = _dtypes(config)
+  count = lambda m: sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
+  n_lm = count(nnx.eval_shape(lambda: decoder.build(cfg, dtype, param_dtype, nnx.Rngs(0))))
+  n_enc = count(nnx.eval_shape(lambda: PoseEncoder(
+      pose_dim, cfg.hidden_size, hidden=mc.pose.hidden, conv_layers=mc.pose.conv_layers,
+      conv_stride=mc.pose.conv_stride, num_layers=mc.pose_encoder.num_layers,
+      num_heads=mc.pose_encoder.num_heads, dropout=mc.pose.dropout, dtype=dtype, param_dtype=param_dtype,
+      rngs=nnx.Rngs(0))))
+  return {'llm': n_lm, 'pose_encoder': n_enc, 'total': n_lm + n_enc}

@@ -1,0 +1,140 @@
+"""Sign language translation models behind one interface (the model contract in /tmp/slt/contract.md).
+
+Seq2SeqSLT: pose front end -> encoder (through inputs_embeds) -> decoder, for T5 / mT5 / BART / mBART,
+from random init (config.model.arch, HF config field names) or a pretrained HF checkpoint (config.model.name).
+
+  model = build_model(config, vocab_size, pose_dim, rngs=nnx.Rngs(params=0))
+  logits = model(batch)                                  # f32[B, L, V], logits[:, i] predicts labels[:, i]
+  logits, state = model.start_decode(poses, pose_mask, max_new_tokens)
+  logits, state = model.decode_step(state, tokens)
+
+The decoder is fed a fixed prefix before the labels: the family's decoder start token, then a forced first
+token when the checkpoint has one (BART's <s>, mBART's target-language code from config.model.tgt_lang).
+Labels therefore carry only the text + EOS, and so do the generated tokens.
+"""
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from slt_jax.models import bart, causal_slt, hf, t5
+from slt_jax.models import layers as L
+from slt_jax.models.pose_frontend import PoseFrontEnd
+
+SEQ2SEQ = {'t5': t5, 'mt5': t5, 'bart': bart, 'mbart': bart}
+
+
+class Seq2SeqSLT(nnx.Module):
+  """Poses -> text with an encoder-decoder `lm` (t5.T5 or bart.Bart).
+
+  prompt_ids: text tokens embedded with the lm's own embedding and put before the pose embeddings
+  (Uni-Sign style); decoder_prefix: token ids fed to the decoder before the first label.
+  """
+
+  def __init__(self, lm: nnx.Module, frontend: PoseFrontEnd, *, eos_id: int, pad_id: int,
+               decoder_prefix: Sequence[int], prompt_ids: Sequence[int] = ()):
+    self.lm, self.frontend = lm, frontend
+    self.eos_id, self.pad_id = int(eos_id), int(pad_id)
+    self.vocab_size = int(lm.config.vocab_size)
+    self.decoder_prefix = tuple(int(i) for i in decoder_prefix)
+    self.prompt_ids = tuple(int(i) for i in prompt_ids)
+
+  def encode(self, poses: jax.Array, pose_mask: jax.Array, rngs=None) -> tuple[jax.Array, jax.Array]:
+    """poses f32[B, T, K, C], pose_mask bool[B, T] -> encoder states [B, S, d], mask bool[B, S]."""
+    x, mask = self.frontend(poses, pose_mask, rngs=rngs)
+    if self.prompt_ids:
+      b = x.shape[0]
+      p = self.lm.embed(jnp.asarray(self.prompt_ids, jnp.int32)[None]).astype(x.dtype)
+      x = jnp.concatenate([jnp.broadcast_to(p, (b,) + p.shape[1:]), x], axis=1)
+      mask = jnp.concatenate([jnp.ones((b, len(self.prompt_ids)), bool), mask], axis=1)
+    return self.lm.encode(inputs_embeds=x, attention_mask=mask, rngs=rngs), mask
+
+  def _prefix(self, b: int) -> jax.Array:
+    return jnp.broadcast_to(jnp.asarray(self.decoder_prefix, jnp.int32)[None], (b, len(self.decoder_prefix)))
+
+  def __call__(self, batch: dict, rngs: Optional[nnx.Rngs] = None) -> jax.Array:
+    """Teacher forcing: batch['poses'], ['pose_mask'], ['labels'] i32[B, L] -> logits f32[B, L, V]."""
+    enc, mask = self.encode(batch['poses'], batch['pose_mask'], rngs=rngs)
+    labels = batch['labels']
+    p = len(self.decoder_prefix)
+    dec_in = jnp.concatenate([self._prefix(labels.shape[0]), labels[:, :-1]], axis=1)
+    # Positions after EOS are padding; the causal mask keeps them out of the real positions.
+    logits, _ = self.lm.decode(dec_in, enc, mask, rngs=rngs)
+    return logits[:, p - 1:]
+
+  def start_decode(self, poses: jax.Array, pose_mask: jax.Array, max_new_tokens: int):
+    """-> (logits f32[B, V] of the first generated token, state: Seq2SeqCache, every leaf batch-first)."""
+    enc, mask = self.encode(poses, pose_mask)
+    state = self.lm.init_cache(enc, mask, len(self.decoder_prefix) + max_new_tokens)
+    logits, state = self.lm.decode(self._prefix(enc.shape[0]), cache=state)
+    return logits[:, -1], state
+
+  def decode_step(self, state: L.Seq2SeqCache, tokens: jax.Array):
+    """tokens i32[B] (just chosen) -> (logits f32[B, V] for the next token, new state)."""
+    logits, state = self.lm.decode(tokens[:, None].astype(jnp.int32), cache=state)
+    return logits[:, 0], state
+
+
+# --- building from the config ----------------------------------------------------------------------
+
+def _dtypes(config):
+  param_dtype = jnp.dtype(config.model.dtype)
+  dtype = jnp.bfloat16 if config.training.mixed_precision == 'bf16' else param_dtype
+  return dtype, param_dtype
+
+
+def _tokenizer(config):
+  from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top  (only for prompts/lang codes)
+  return AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.name)
+
+
+def build_lm(config, vocab_size: int, rngs: nnx.Rngs):
+  """The text model: pretrained (config.model.name) or random from config.model.arch. -> (lm, family)."""
+  mc = config.model
+  dtype, param_dtype = _dtypes(config)
+  if mc.name:
+    family = hf.read_config(mc.name)['model_type']
+    if family not in SEQ2SEQ:
+      raise ValueError(f'{mc.name}: model_type {family!r} is not an encoder-decoder ({sorted(SEQ2SEQ)})')
+    lm = hf.from_pretrained(mc.name, dtype, param_dtype, scan_layers=mc.scan_layers, remat=mc.remat)
+    if vocab_size > lm.config.vocab_size:
+      raise ValueError(f'tokenizer has {vocab_size} ids, {mc.name} only {lm.config.vocab_size} embeddings')
+    return lm, family
+  family = mc.family
+  if family not in SEQ2SEQ:
+    raise ValueError(f'config.model.family={family!r}: Seq2SeqSLT takes {sorted(SEQ2SEQ)}')
+  fam = SEQ2SEQ[family]
+  arch = dict(mc.arch.to_dict() if hasattr(mc.arch, 'to_dict') else mc.arch)
+  arch.update(vocab_size=vocab_size, model_type=family, scan_layers=mc.scan_layers, remat=mc.remat)
+  return fam.build(fam.config_from_hf(arch), dtype, param_dtype, rngs), family
+
+
+def build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs) -> nnx.Module:
+  """The SLT model of the contract; pose_dim = K * C. Decoder-only families go to causal_slt.CausalSLT."""
+  mc = config.model
+  family = hf.read_config(mc.name)['model_type'] if mc.name else mc.family
+  if family not in SEQ2SEQ:
+    return causal_slt.build_causal_model(config, vocab_size, pose_dim, rngs)
+  lm, family = build_lm(config, vocab_size, rngs)
+  cfg = lm.config
+  dtype, param_dtype = _dtypes(config)
+  frontend = PoseFrontEnd(pose_dim, cfg.d_model, hidden=mc.pose.hidden, conv_layers=mc.pose.conv_layers,
+                          conv_stride=mc.pose.conv_stride, dropout=mc.pose.dropout, dtype=dtype,
+                          param_dtype=param_dtype, rngs=rngs)
+  prefix = [cfg.decoder_start_token_id]
+  forced = getattr(cfg, 'forced_bos_token_id', None)
+  tgt_lang = mc.get('tgt_lang', '')
+  prompt_ids = ()
+  if tgt_lang or mc.prompt:
+    tok = _tokenizer(config)
+    if tgt_lang:
+      forced = tok.convert_tokens_to_ids(tgt_lang)
+      if forced is None or forced == tok.unk_token_id:
+        raise ValueError(f'config.model.tgt_lang={tgt_lang!r} is not a token of the tokenizer')
+    if mc.prompt:
+      prompt_ids = tok(mc.prompt, add_special_tokens=False)['input_ids']
+  if forced is not None:
+    prefix.append(forced)
+  return Seq2SeqSLT(lm, frontend, eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id, decoder_prefix=prefix,
+                    prompt_ids=prompt_ids)
