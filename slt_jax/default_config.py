@@ -112,9 +112,14 @@ def get_config():
 
   # --- decoding ----------------------------------------------------------------------------------
   config.decode = ml_collections.ConfigDict()
-  config.decode.max_new_tokens = 64
-  config.decode.num_beams = 1
-  config.decode.length_penalty = 1.0
+  config.decode.max_new_tokens = 64   # generated tokens at most (EOS included).
+  config.decode.num_beams = 1         # 1 = greedy / sampling; K > 1 = beam search with K beams (as HF generate).
+  config.decode.length_penalty = 1.0  # finished beam score = sum logprob / generated_len ** length_penalty.
+  config.decode.early_stopping = 'false'  # beam stop rule as HF's early_stopping: 'false' (heuristic) | 'true' | 'never'.
+  config.decode.do_sample = False     # sample instead of argmax (with num_beams > 1: beam sampling); needs a PRNG key.
+  config.decode.temperature = 1.0     # sampling: logits / temperature.
+  config.decode.top_k = 0             # sampling: keep the k most likely tokens (0 = off).
+  config.decode.top_p = 1.0           # sampling: keep the smallest set of tokens with this much probability (1.0 = off).
 
   # --- evaluation --------------------------------------------------------------------------------
   config.evaluation = ml_collections.ConfigDict()
@@ -161,8 +166,11 @@ def _same_kind(value, ref) -> bool:
   return isinstance(value, type(ref))
 
 
-def validate(config) -> None:
-  """Raises ConfigError for unknown fields, wrong types and impossible combinations, before anything compiles."""
+def validate(config, require_data: bool = True) -> None:
+  """Raises ConfigError for unknown fields, wrong types and impossible combinations, before anything compiles.
+
+  require_data: a training data source must be set (train and eval modes; not check or translate).
+  """
   _check_fields(config, get_config())
   m, t = config.model, config.training
   if (m.load_in_4bit or m.load_in_8bit) and not m.use_lora:
@@ -177,5 +185,5 @@ def validate(config) -> None:
                       f'training.gradient_accumulation_steps={t.gradient_accumulation_steps}')
   if t.mixed_precision not in ('no', 'bf16', 'fp16'):
     raise ConfigError(f"training.mixed_precision must be 'no' or 'bf16', got {t.mixed_precision!r}")
-  if not (config.data.synthetic.enabled or config.data.train_path):
+  if require_data and not (config.data.synthetic.enabled or config.data.train_path):
     raise ConfigError('set data.train_path (a CSV with uid,text) or turn on data.synthetic.enabled')

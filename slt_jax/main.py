@@ -56,7 +56,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
-  default_config.validate(config)
+  default_config.validate(config, require_data=_MODE.value in ('train', 'eval'))
   _initialize_distributed()
   workdir = os.path.abspath(_WORKDIR.value)
   os.makedirs(workdir, exist_ok=True)

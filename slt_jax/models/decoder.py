@@ -17,11 +17,10 @@ positions by a constant, which RoPE does not see).
 """
 import dataclasses
 import math
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from slt_jax.models import layers

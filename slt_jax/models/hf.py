@@ -119,9 +119,21 @@ class _Checkpoint:
     return f.get_tensor(name)
 
 
+# Generation settings that decide the decoder's first tokens; transformers 5 keeps them in
+# generation_config.json (older checkpoints in config.json).
+GENERATION_KEYS = ('decoder_start_token_id', 'forced_bos_token_id')
+
+
 def read_config(path: str) -> dict:
+  """config.json, plus GENERATION_KEYS from generation_config.json where config.json lacks them."""
   with open(os.path.join(path, 'config.json')) as f:
-    return json.load(f)
+    cfg = json.load(f)
+  gen = os.path.join(path, 'generation_config.json')
+  if os.path.exists(gen):
+    with open(gen) as f:
+      gen = json.load(f)
+    cfg.update({k: gen[k] for k in GENERATION_KEYS if cfg.get(k) is None and gen.get(k) is not None})
+  return cfg
 
 
 def from_pretrained(path: str, dtype=jnp.float32, param_dtype=None, **overrides):
@@ -164,7 +176,7 @@ def load_params(ckpt: _Checkpoint, table: Sequence[Row], flat: dict, ignored=())
     have = ckpt.shape(name)
     to_ours = TRANSFORMS[row.transform][0]
     # Check the shape before reading: a transform maps (have) -> (want).
-    got_shape = to_ours(np.empty(have, np.bool_)).shape
+    got_shape = to_ours(np.broadcast_to(np.zeros((), np.bool_), have)).shape  # no allocation
     if tuple(got_shape) != tuple(want):
       raise ValueError(f'tensor {name!r} has shape {have}, the model expects {tuple(want)} '
                        f'(after transform {row.transform}) for {"/".join(map(str, row.path))}')

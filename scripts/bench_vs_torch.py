@@ -1,0 +1,135 @@
+"""Train-step throughput: ours (JAX/Flax, jitted) vs the seed's way (transformers + PyTorch), same model and batch.
+
+  python scripts/bench_vs_torch.py [--runs=3] [--steps=10] [--json]
+
+The model is the same tiny T5-shaped SLT model on both sides: a pose front end (linear -> GELU -> strided
+temporal conv -> linear) feeding T5 v1.1 (gated GELU) through `inputs_embeds`, AdamW, gradient clipping, float32.
+Both sides use all CPU cores. Reports the median examples/s over --runs runs of --steps timed steps each (after
+warm-up / compilation). With --json the last line is {"ours_examples_per_s", "torch_examples_per_s", "ratio"}.
+"""
+import json
+import statistics
+import time
+
+from absl import app, flags
+import numpy as np
+
+_RUNS = flags.DEFINE_integer('runs', 3, 'Timed runs per side (the median is reported).')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per run.')
+_BATCH = flags.DEFINE_integer('batch_size', 32, 'Batch size.')
+_FRAMES = flags.DEFINE_integer('frames', 96, 'Pose frames.')
+_TARGET = flags.DEFINE_integer('target_len', 24, 'Target tokens.')
+_JSON = flags.DEFINE_bool('json', False, 'Print a JSON object as the last line.')
+
+ARCH = dict(d_model=256, d_kv=32, d_ff=1024, num_layers=3, num_decoder_layers=3, num_heads=8,
+            feed_forward_proj='gated-gelu', dropout_rate=0.1, relative_attention_num_buckets=32,
+            relative_attention_max_distance=128, tie_word_embeddings=False)
+VOCAB, KEYPOINTS, COORDS, HIDDEN = 2000, 50, 3, 256
+
+
+def _batch():
+  rng = np.random.RandomState(0)
+  b, t, l = _BATCH.value, _FRAMES.value, _TARGET.value
+  return {
+      'poses': rng.randn(b, t, KEYPOINTS, COORDS).astype(np.float32),
+      'pose_mask': np.arange(t)[None] < rng.randint(t * 3 // 4, t + 1, b)[:, None],
+      'labels': rng.randint(4, VOCAB, (b, l)).astype(np.int32),
+      'label_mask': np.arange(l)[None] < rng.randint(l // 2, l + 1, b)[:, None],
+      'example_mask': np.ones((b,), bool),
+  }
+
+
+def _time(step, runs, steps):
+  step()  # warm-up / compilation
+  rates = []
+  for _ in range(runs):
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      step()
+    rates.append(_BATCH.value * steps / (time.perf_counter() - t0))
+  return statistics.median(rates), rates
+
+
+def bench_ours(batch):
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from slt_jax import default_config  # pylint: disable=g-import-not-at-top
+  from slt_jax.models import slt  # pylint: disable=g-import-not-at-top
+  from slt_jax.train import optim, sharding, step as step_lib  # pylint: disable=g-import-not-at-top
+
+  config = default_config.get_config()
+  config.model.arch.update(ARCH)
+  config.model.pose.update(dict(hidden=HIDDEN, conv_layers=1, conv_stride=2, dropout=0.1))
+  config.training.label_smoothing = 0.0
+  mesh = sharding.make_mesh(config.mesh)
+  tx = optim.make_optimizer(config, 1000)
+  graphdef, state, rest, shardings = sharding.create_sharded_state(
+      lambda: slt.build_model(config, VOCAB, KEYPOINTS * COORDS, rngs=nnx.Rngs(params=0)), tx, mesh, seed=0)
+  fn = jax.jit(lambda s, r, b: step_lib.train_step(s, b, graphdef=graphdef, rest=r, tx=tx, label_smoothing=0.0),
+               donate_argnums=0)
+  device_batch = jax.device_put(batch)
+  holder = {'state': state}
+
+  def step():
+    holder['state'], metrics = fn(holder['state'], rest, device_batch)
+    jax.block_until_ready(metrics['loss'])
+  return _time(step, _RUNS.value, _STEPS.value)
+
+
+def bench_torch(batch):
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  torch.manual_seed(0)
+  model = transformers.T5ForConditionalGeneration(transformers.T5Config(
+      vocab_size=VOCAB, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **ARCH))
+
+  class Frontend(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.proj = torch.nn.Linear(KEYPOINTS * COORDS, HIDDEN)
+      self.conv = torch.nn.Conv1d(HIDDEN, HIDDEN, 5, stride=2, padding=2)
+      self.out = torch.nn.Linear(HIDDEN, ARCH['d_model'])
+
+    def forward(self, poses, mask):
+      b, t = poses.shape[:2]
+      x = torch.nn.functional.gelu(self.proj(poses.reshape(b, t, -1))) * mask[..., None]
+      x = torch.nn.functional.gelu(self.conv(x.transpose(1, 2)).transpose(1, 2))
+      return self.out(x), mask[:, ::2]
+
+  frontend = Frontend()
+  params = list(model.parameters()) + list(frontend.parameters())
+  opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+  poses = torch.from_numpy(batch['poses'])
+  mask = torch.from_numpy(batch['pose_mask']).float()
+  labels = torch.from_numpy(batch['labels']).long()
+  labels = labels.masked_fill(~torch.from_numpy(batch['label_mask']), -100)
+  model.train()
+
+  def step():
+    embeds, enc_mask = frontend(poses, mask)
+    loss = model(inputs_embeds=embeds, attention_mask=enc_mask, labels=labels).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+  return _time(step, _RUNS.value, _STEPS.value)
+
+
+def main(argv):
+  del argv
+  batch = _batch()
+  ours, ours_runs = bench_ours(batch)
+  torch_rate, torch_runs = bench_torch(batch)
+  result = {'ours_examples_per_s': ours, 'torch_examples_per_s': torch_rate, 'ratio': ours / torch_rate,
+            'ours_runs': ours_runs, 'torch_runs': torch_runs, 'batch_size': _BATCH.value,
+            'frames': _FRAMES.value, 'target_len': _TARGET.value}
+  print(f"ours  {ours:8.2f} examples/s  (runs: {', '.join(f'{r:.2f}' for r in ours_runs)})")
+  print(f"torch {torch_rate:8.2f} examples/s  (runs: {', '.join(f'{r:.2f}' for r in torch_runs)})")
+  print(f'ratio {result["ratio"]:.2f}x')
+  if _JSON.value:
+    print(json.dumps(result))
+
+
+if __name__ == '__main__':
+  app.run(main)
