@@ -22,6 +22,8 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'translate', 'check
                           'or --config.evaluation.step, on --config.evaluation.split); translate (--inputs); '
                           'check (what the config resolves to, its size and memory plan, without weights).')
 _INPUTS = flags.DEFINE_list('inputs', [], 'translate: .pose files and/or folders of them.')
+_MEMORY_PLAN = flags.DEFINE_bool('memory_plan', True, 'check: also compile the train step on abstract shapes '
+                                  'for its per-device memory plan (the slow part for 7B+ models).')
 _OUTPUT = flags.DEFINE_string('output', None, 'translate: also write a TSV (path, translation) here.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
@@ -65,7 +67,7 @@ def main(argv):
   # pylint: disable=g-import-not-at-top  (imported after flags are parsed: these import TF)
   if _MODE.value == 'check':
     from slt_jax import check
-    results = check.check(config, workdir)
+    results = check.check(config, workdir, memory=_MEMORY_PLAN.value)
   elif _MODE.value == 'translate':
     from slt_jax import translate
     if not _INPUTS.value:

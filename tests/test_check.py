@@ -1,0 +1,67 @@
+"""--mode=check on every config: it builds offline without weights, and the seed models' parameter counts equal
+those of the real checkpoints."""
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+from slt_jax import check
+from slt_jax import default_config
+
+CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / 'configs').glob('*.py'))
+
+# Parameters of the real HF checkpoints (model.num_parameters(), tied embeddings counted once).
+REAL_PARAMS = {
+    't5_small': 60_506_624,        # google-t5/t5-small
+    't5_base': 222_903_552,        # google-t5/t5-base
+    't5_large': 737_668_096,       # google-t5/t5-large
+    'bart_large': 406_291_456,     # facebook/bart-large
+    'qwen7b': 7_615_616_512,       # Qwen/Qwen2.5-7B-Instruct
+    'qwen14b': 14_770_033_664,     # Qwen/Qwen2.5-14B-Instruct
+    'gemma7b': 8_537_680_896,      # google/gemma-7b
+    'llama3_8b': 8_030_261_248,    # meta-llama/Llama-3.1-8B
+    'mistral7b': 7_248_023_552,    # mistralai/Mistral-7B-v0.3
+}
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_check_every_config(path, tmp_path):
+  config = _load(path)
+  default_config.validate(config, require_data=False)
+  report = check.check(config, str(tmp_path), memory=False)
+  written = json.loads((tmp_path / 'check.json').read_text())
+  for key in ('family', 'backbone_params', 'total_params', 'trainable_params'):
+    assert written[key] == report[key]
+  assert report['total_params'] >= report['backbone_params'] > 0
+  assert 0 < report['trainable_params'] <= report['total_params']
+  if path.stem in REAL_PARAMS:
+    assert report['backbone_params'] == REAL_PARAMS[path.stem], path.stem
+
+
+def test_mbart_count_equals_transformers(tmp_path):
+  """mBART-50's count, from transformers' own model of the same config built on the meta device."""
+  torch = pytest.importorskip('torch')
+  import transformers  # pylint: disable=g-import-not-at-top
+  config = _load(CONFIGS[[p.stem for p in CONFIGS].index('mbart')])
+  report = check.check(config, str(tmp_path), memory=False)
+  hf_config = transformers.MBartConfig(**{k: v for k, v in config.model.arch.to_dict().items()})
+  with torch.device('meta'):
+    hf_model = transformers.MBartForConditionalGeneration(hf_config)
+  assert report['backbone_params'] == hf_model.num_parameters()
+
+
+def test_memory_plan_of_demo(tmp_path):
+  config = _load(CONFIGS[[p.stem for p in CONFIGS].index('demo')])
+  report = check.check(config, str(tmp_path), memory=True)
+  plan = report['memory_per_device']
+  assert plan['trained_params_bytes'] == 4 * report['trainable_params']  # float32 master weights
+  assert plan['optimizer_state_bytes'] >= 2 * plan['trained_params_bytes']  # Adam's two moments
+  assert plan['total_bytes'] > plan['trained_params_bytes'] + plan['optimizer_state_bytes']
