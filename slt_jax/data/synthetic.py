@@ -61,6 +61,7 @@ sentences cover every word (val/test also use only English words seen in trainin
 `num_heldout_signers` > 0 keeps the last signers for val/test only.
 """
 import csv
+import fcntl
 import io
 import json
 import os
@@ -426,7 +427,7 @@ def build_lexicon(seed: int, vocab_size: int) -> list[dict]:
 
 
 def _assign_signs(words, rng):
-  """Gives every word a sign; any two differ in >= 2 of (handshape, location, movement, orientation, hands)."""
+  """Gives every word a sign; two signs differ in >= 2 of handshape/location/movement/orientation/hands."""
   chosen = []
   for w in words:
     for _ in range(10000):
@@ -1032,14 +1033,18 @@ def ensure_corpus(synthetic_config, out_dir) -> dict:
   """Generates the corpus of `config.data.synthetic` into out_dir unless a matching one is there.
 
   Returns dict(train, val, test, pose_dir, glosses, lexicon) paths. Fields of the config other than
-  `enabled` are passed to `generate_corpus`.
+  `enabled` are passed to `generate_corpus`; a corpus is reused when its COMPLETE.json marker (written
+  last) holds the same parameters. Processes on one host wait for each other on a lock file.
   """
   kwargs = {k: v for k, v in dict(synthetic_config).items() if k != 'enabled'}
   defaults = dict(num_heldout_signers=0, fps=25.0, layout='reduced', heldout_pair_frac=0.03)
   params = _params(**{**defaults, **kwargs})
-  marker = os.path.join(out_dir, MARKER)
-  if os.path.exists(marker):
-    with open(marker) as f:
-      if json.load(f) == params:
-        return _paths(out_dir)
-  return generate_corpus(out_dir, **kwargs)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, '.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    marker = os.path.join(out_dir, MARKER)
+    if os.path.exists(marker):
+      with open(marker) as f:
+        if json.load(f) == params:
+          return _paths(out_dir)
+    return generate_corpus(out_dir, **kwargs)
