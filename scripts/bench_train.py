@@ -55,29 +55,34 @@ def main(argv):
   pose_dim = _KEYPOINTS.value * _COORDS.value
   mesh = sharding_lib.make_mesh(config.mesh)
   tx = optim.make_optimizer(config, 1000)
+  trainable = slt.trainable_filter(config) if hasattr(slt, 'trainable_filter') else nnx.Param
   graphdef, state, rest, shardings = sharding_lib.create_sharded_state(
-      lambda: slt.build_model(config, vocab, pose_dim, rngs=nnx.Rngs(params=0)), tx, mesh, seed=0)
+      lambda: slt.build_model(config, vocab, pose_dim, rngs=nnx.Rngs(params=0)), tx, mesh, seed=0,
+      trainable=trainable)
+  # The frozen variables (`rest`, e.g. a LoRA base) are an argument: closed over, jit would embed them as constants.
+  rest_shardings = jax.tree.map(lambda x: x.sharding, rest)
   step_fn = jax.jit(
-      lambda s, b: step_lib.train_step(s, b, graphdef=graphdef, rest=rest, tx=tx,
-                                       label_smoothing=config.training.label_smoothing,
-                                       grad_accum=config.training.gradient_accumulation_steps),
-      in_shardings=(shardings, sharding_lib.batch_sharding(mesh)),
+      lambda s, r, b: step_lib.train_step(s, b, graphdef=graphdef, rest=r, tx=tx,
+                                          label_smoothing=config.training.label_smoothing,
+                                          grad_accum=config.training.gradient_accumulation_steps),
+      in_shardings=(shardings, rest_shardings, sharding_lib.batch_sharding(mesh)),
       out_shardings=(shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
   host_batch = synthetic_batch(batch_size, _FRAMES.value, _KEYPOINTS.value, _COORDS.value, _TARGET.value, vocab)
   batch = {k: jax.device_put(v, sharding_lib.batch_sharding(mesh)) for k, v in host_batch.items()}
 
   t0 = time.perf_counter()
-  compiled = step_fn.lower(state, batch).compile()
+  compiled = step_fn.lower(state, rest, batch).compile()
   compile_s = time.perf_counter() - t0
-  state, metrics = compiled(state, batch)  # warm-up
+  state, metrics = compiled(state, rest, batch)  # warm-up
   jax.block_until_ready(metrics)
   t0 = time.perf_counter()
   for _ in range(_STEPS.value):
-    state, metrics = compiled(state, batch)
+    state, metrics = compiled(state, rest, batch)
   jax.block_until_ready(metrics)
   seconds = (time.perf_counter() - t0) / _STEPS.value
 
   step_flops = flops_lib.train_step_flops(graphdef, state.params, rest, batch)
+  memory = jax.devices()[0].memory_stats() or {}  # None on CPU
   peak = flops_lib.device_peak_flops(jax.devices()[0], _PEAK.value)
   real_tokens = float(host_batch['pose_mask'].sum() + host_batch['label_mask'].sum())
   result = {
@@ -88,6 +93,8 @@ def main(argv):
       'tflops_per_s': step_flops / seconds / 1e12,
       'mfu': (step_flops / seconds / (peak * jax.device_count())) if peak else None,
       'loss': float(metrics['loss']),
+      'trainable_params': int(sum(x.size for x in jax.tree.leaves(state.params))),
+      'peak_memory_gib': memory.get('peak_bytes_in_use', 0) / 2**30 or None,
   }
   for k, v in result.items():
     print(f'{k:>16}: {v}')

@@ -21,6 +21,7 @@ REAL_PARAMS = {
     'qwen14b': 14_770_033_664,     # Qwen/Qwen2.5-14B-Instruct
     'gemma7b': 8_537_680_896,      # google/gemma-7b
     'llama3_8b': 8_030_261_248,    # meta-llama/Llama-3.1-8B
+    'llama3_1b': 1_235_814_400,    # meta-llama/Llama-3.2-1B
     'mistral7b': 7_248_023_552,    # mistralai/Mistral-7B-v0.3
 }
 

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One short GPU check (< 5 min on an H100): bf16 train-step throughput, MFU and memory of a T5-base-shaped SLT
+# model and a ~1B decoder (Llama-3.2-1B shape) with LoRA, on synthetic batches. Needs no tensorflow, pose-format
+# or clu; ml_collections / qwix / absl wheels are installed from .gpu_wheels/ when missing (fetch them on a
+# machine with the package index: scripts/gpu_check.sh --fetch-wheels, then carry .gpu_wheels to the GPU host).
+#   scripts/gpu_check.sh [OUT_DIR]      -> a table on stdout, JSON lines in OUT_DIR/gpu_check.jsonl
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then sed -n 2,6p "$0"; exit 0; fi
+if [[ "${1:-}" == "--fetch-wheels" ]]; then
+  pip download --no-deps -d .gpu_wheels ml-collections qwix absl-py
+  exit 0
+fi
+out=${1:-${OUT:-/tmp/gpu_check}}; mkdir -p "$out"
+PY=${PYTHON:-python3}
+for mod in ml_collections qwix absl; do
+  $PY -c "import $mod" 2>/dev/null || $PY -m pip install --no-deps --no-index --find-links .gpu_wheels "${mod/_/-}" \
+    || $PY -m pip install --no-deps --no-index --find-links .gpu_wheels "$mod"
+done
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" XLA_PYTHON_CLIENT_MEM_FRACTION=0.9
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+run() {  # name, config, extra flags
+  local name=$1; shift
+  timeout 150 $PY scripts/bench_train.py --json --steps=10 "$@" 2>"$out/$name.stderr" | tee "$out/$name.txt" \
+    | tail -n 1 | sed "s/^/{\"name\": \"$name\", \"result\": /; s/$/}/" >> "$out/gpu_check.jsonl" \
+    || echo "{\"name\": \"$name\", \"error\": \"see $name.stderr\"}" >> "$out/gpu_check.jsonl"
+}
+: > "$out/gpu_check.jsonl"
+run t5_base_bf16 --config=configs/t5_base.py --config.training.mixed_precision=bf16 --batch_size=64 \
+  --frames=256 --target_len=64 --vocab_size=32128
+run llama1b_lora_bf16 --config=configs/llama3_1b.py --batch_size=16 --frames=256 --target_len=64 \
+  --vocab_size=128256
+$PY - "$out/gpu_check.jsonl" <<'PY'
+import json, sys
+print(f"{'model':<20} {'ex/s':>8} {'tok/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9} {'compile s':>9}")
+for line in open(sys.argv[1]):
+  r = json.loads(line)
+  if 'error' in r:
+    print(f"{r['name']:<20} ERROR ({r['error']})"); continue
+  x = r['result']
+  mfu = f"{100 * x['mfu']:.1f}%" if x.get('mfu') else '-'
+  mem = f"{x['peak_memory_gib']:.1f}" if x.get('peak_memory_gib') else '-'
+  print(f"{r['name']:<20} {x['examples_per_s']:8.1f} {x['tokens_per_s']:10.0f} {x['tflops_per_s']:8.1f} {mfu:>6} "
+        f"{mem:>9} {x['compile_s']:9.1f}")
+PY
