@@ -125,7 +125,9 @@ def check(config, workdir: str, *, memory: bool = True) -> dict:
 
   abstract_model, (graphdef, abstract_params, abstract_rest) = nnx.eval_shape(build)
   family = getattr(abstract_model, 'family', config.model.family)
-  backbone = nnx.state(abstract_model.lm, nnx.Param) if hasattr(abstract_model, 'lm') else None
+  # The pretrained model alone, as HF counts it: LoRA adapters are not part of it.
+  base_params = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
+  backbone = nnx.state(abstract_model.lm, base_params) if hasattr(abstract_model, 'lm') else None
   abstract_state = jax.eval_shape(
       lambda p: step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
                                     rng=jax.random.PRNGKey(0)), abstract_params)
