@@ -116,9 +116,8 @@ def _train(model, batch, steps=10, lr=1e-2):
   return [float(step(model, opt, batch, jax.random.key(i))) for i in range(steps)]
 
 
-def test_training_from_random_init_lowers_loss():
-  model = _build(_config())
-  losses = _train(model, _batch())
+def test_training_from_random_init_lowers_loss(model):
+  losses = _train(nnx.clone(model), _batch())  # a copy: the fixture stays as built
   assert losses[-1] < 0.5 * losses[0], losses
 
 
@@ -145,6 +144,8 @@ def pretrained(tmp_path_factory):
           vocab_size=V, d_model=16, d_kv=4, d_ff=32, num_layers=2, num_decoder_layers=1, num_heads=4))),
       ('bart', transformers.BartForConditionalGeneration(transformers.BartConfig(**bart_kw, forced_bos_token_id=0))),
       ('mbart', transformers.MBartForConditionalGeneration(transformers.MBartConfig(**bart_kw, scale_embedding=True)))):
+    if name == 'bart':
+      model.generation_config.forced_bos_token_id = 0  # as facebook/bart-large has it
     model.save_pretrained(root / name)
     tok.save_pretrained(root / name)
     dirs[name] = str(root / name)
@@ -164,7 +165,7 @@ def test_pretrained_families_train_and_decode(pretrained, name, model_kw, prefix
   assert model.decoder_prefix == prefix
   assert model.prompt_ids == ((5, 6) if 'prompt' in model_kw else ())
   batch = _batch(eos=model.eos_id, pad=model.pad_id)
-  if name != 'mbart':  # bf16 compute: checked by the training run only
+  if name == 'bart':  # a 2-token decoder prefix and a prompt (T5's path: test_incremental_decode...)
     _check_decode_matches_forward(model, batch)
   losses = _train(model, batch, steps=12)
   assert losses[-1] < 0.75 * losses[0], losses

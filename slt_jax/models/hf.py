@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
