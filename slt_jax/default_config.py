@@ -5,6 +5,9 @@ field set lives in one place and a field a config invents is caught by `validate
 `python -m slt_jax.main --config=configs/X.py --config.training.batch_size=8` overrides any of them, and a
 misspelt field is an error.
 """
+import json
+import os
+
 import ml_collections
 
 
@@ -28,6 +31,7 @@ def get_config():
   config.model.load_in_8bit = False  # int8 frozen base weights (requires use_lora).
   config.model.lora_config = ml_collections.ConfigDict(dict(
       r=16, lora_alpha=32, lora_dropout=0.1, target_modules=('q_proj', 'k_proj', 'v_proj', 'o_proj')))
+  config.model.quant_block_size = 64  # load_in_4bit / 8bit: inputs per scale of each output column (bnb's 64).
   # Pose front end: flattened keypoints [B, T, K*C] -> linear -> optional strided temporal conv.
   config.model.pose = ml_collections.ConfigDict(dict(
       hidden=256,             # width of the front end before projecting to the encoder width.
@@ -108,6 +112,7 @@ def get_config():
   config.training.keep_checkpoints = 2    # latest checkpoints kept (the best one is kept as well).
   config.training.best_metric = 'bleu'    # validation metric that picks the best checkpoint.
   config.training.seed = 42
+  config.training.peak_tflops = 0.0  # device peak for MFU; 0 = known GPUs (A100, H100, H200), else no MFU.
   config.training.max_consecutive_nonfinite = 10  # stop after this many NaN/Inf updates in a row.
 
   # --- decoding ----------------------------------------------------------------------------------
@@ -185,5 +190,79 @@ def validate(config, require_data: bool = True) -> None:
                       f'training.gradient_accumulation_steps={t.gradient_accumulation_steps}')
   if t.mixed_precision not in ('no', 'bf16', 'fp16'):
     raise ConfigError(f"training.mixed_precision must be 'no' or 'bf16', got {t.mixed_precision!r}")
+  sizes = {a: config.mesh[a] for a in _MESH_AXES}
+  if any(v == 0 or v < -1 for v in sizes.values()) or list(sizes.values()).count(-1) > 1:
+    raise ConfigError(f'config.mesh {sizes}: each size must be positive, and at most one may be -1 (the rest '
+                      'of the devices)')
+  if -1 not in sizes.values():  # with -1 the data-parallel size is known only with the devices (validate_devices)
+    _check_batch_divisible(config, sizes['data'] * sizes['fsdp'], sizes)
   if require_data and not (config.data.synthetic.enabled or config.data.train_path):
     raise ConfigError('set data.train_path (a CSV with uid,text) or turn on data.synthetic.enabled')
+
+
+_MESH_AXES = ('data', 'fsdp', 'tensor')
+_SEQ2SEQ_FAMILIES = ('t5', 'mt5', 'bart', 'mbart')  # built from `arch` they take the tokenizer's vocabulary
+
+
+def _check_batch_divisible(config, data_parallel: int, sizes: dict) -> None:
+  t = config.training
+  for field in ('batch_size', 'eval_batch_size'):
+    if t[field] % data_parallel:
+      raise ConfigError(
+          f'training.{field}={t[field]} is not divisible by the data-parallel size {data_parallel} '
+          f'(mesh data={sizes["data"]} x fsdp={sizes["fsdp"]}): every data-parallel shard needs the same '
+          f'number of rows; use a multiple of {data_parallel}')
+
+
+def validate_devices(config, num_devices: int, num_processes: int = 1) -> None:
+  """The checks that need the device count; the trainer runs them before reading data or compiling.
+
+  Raises ConfigError when `config.mesh` does not match `num_devices`, or the (global) batch sizes do not
+  divide into the data-parallel shards or the hosts.
+  """
+  sizes = {a: int(config.mesh[a]) for a in _MESH_AXES}
+  known = 1
+  for v in sizes.values():
+    known *= v if v != -1 else 1
+  if -1 in sizes.values():
+    if num_devices % known:
+      raise ConfigError(f'config.mesh {sizes}: the fixed sizes (product {known}) do not divide the {num_devices} '
+                        f'devices, so -1 has no integer value')
+    sizes = {a: (num_devices // known if v == -1 else v) for a, v in sizes.items()}
+  elif known != num_devices:
+    raise ConfigError(f'config.mesh {sizes} needs {known} devices, but this run has {num_devices}; make the '
+                      f'product of the sizes {num_devices}, or set one size to -1')
+  _check_batch_divisible(config, sizes['data'] * sizes['fsdp'], sizes)
+  t = config.training
+  for field in ('batch_size', 'eval_batch_size'):
+    if t[field] % num_processes:
+      raise ConfigError(f'training.{field}={t[field]} is not divisible by the {num_processes} hosts (each '
+                        'host reads an equal share of every batch)')
+
+
+def model_vocab_size(config) -> int | None:
+  """Embedding rows of the configured model, when fixed before training: a pretrained checkpoint's
+  config.json `vocab_size`, or a decoder-only `arch.vocab_size`; None when it follows the tokenizer."""
+  m = config.model
+  if m.name:
+    path = os.path.join(m.name, 'config.json')
+    if not os.path.exists(path):
+      return None  # loading the checkpoint reports the missing file
+    with open(path) as f:
+      hf = json.load(f)
+    return hf.get('vocab_size') or hf.get('text_config', {}).get('vocab_size')
+  if m.family not in _SEQ2SEQ_FAMILIES:
+    return m.arch.get('vocab_size')
+  return None
+
+
+def validate_vocab(config, tokenizer_vocab_size: int) -> None:
+  """Raises ConfigError when the tokenizer has ids the model has no embedding for (checked before loading)."""
+  model_vocab = model_vocab_size(config)
+  if model_vocab is not None and tokenizer_vocab_size > model_vocab:
+    m = config.model
+    where = f'the checkpoint {m.name}' if m.name else f'model.arch.vocab_size ({m.family})'
+    tok = m.tokenizer or (m.name and 'the checkpoint\'s tokenizer') or 'the tokenizer trained on the texts'
+    raise ConfigError(
+        f'the tokenizer ({tok}) has {tokenizer_vocab_size} ids but {where} has only {model_vocab} embeddings: '
+        'use the model\'s own tokenizer (model.tokenizer=\'\'), or a model whose vocabulary covers the tokenizer')

@@ -118,7 +118,7 @@ def test_train_batches_shapes_masks_buckets(splits, config, tokenizer, workdir):
     assert t in bounds
     lengths = batch['pose_mask'].sum(1)
     prev = bounds[bounds.index(t) - 1] if t != bounds[0] else 0
-    assert (lengths <= t).all() and (lengths > prev).all()  # every example is in this bucket
+    assert (lengths <= t).all() and lengths.max() > prev  # the batch's longest example sets its bucket
     assert batch['example_mask'].all()
     seen.update(batch['index'].tolist())
     for labels, i in zip(batch['labels'], batch['index']):

@@ -21,10 +21,14 @@ Each batch (per host: global batch size / number of hosts rows):
 How: each split is preprocessed once (pose_io in Python) into TFRecord shards under
 `config.data.cache_dir or WORKDIR/cache`, in a folder keyed by a hash of the CSV bytes, pose_dir and
 the pose options (a changed CSV or option builds a new cache; rewriting .pose files in place does not:
-delete the folder). Then pure tf.data: train = shard per host -> in-memory cache -> repeat ->
-seeded shuffle -> per-example speed/frame-dropout -> bucketing by length (`bucket_boundaries`; the
-frame axis is padded to its bucket's boundary, so few shapes ever reach jit) -> per-batch spatial
-augmentation -> prefetch; infinite. Eval = same shards, fixed order, no augmentation, frame axis padded
+delete the folder). Train (exact resume: batch k is a pure function of (training.seed, host, k), so a
+run resumed at step k sees the batches k, k+1, ... of an uninterrupted run, at a cost independent of
+k): the host's examples are held in memory (memory-mapped when large); a numpy batch plan per epoch
+(seeded permutation, speed/frame-dropout draws, length sorting within pools of batches, shuffled
+batch order; see _BatchPlan) says which frames of which examples batch k holds; tf.data maps the steps
+k, k+1, ... to those padded batches (frame axis padded to the bucket boundary of the batch's longest
+example, so few shapes ever reach jit), applies the spatial augmentation seeded by (seed, host, step),
+adds labels, prefetches; infinite. Eval = same shards, fixed order, no augmentation, frame axis padded
 to the bucket boundary of the batch's longest example, last batch filled to B with example_mask False;
 every host yields the same number of batches.
 Per-host split: `shard_index, num_shards` (default jax.process_index() / process_count()); host h
@@ -36,6 +40,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import uuid
 from typing import Callable, Iterator
 
@@ -83,7 +88,7 @@ class SplitData:
   _make: Callable[[int], tf.data.Dataset]
 
   def dataset(self, start_step: int = 0) -> tf.data.Dataset:
-    """The tf.data.Dataset; for train, `start_step` reseeds the shuffle/augmentation on resume."""
+    """The tf.data.Dataset; for train, the batches start_step, start_step + 1, ... of the stream."""
     return self._make(start_step)
 
   def iterator(self, start_step: int = 0) -> Iterator[dict]:
@@ -208,15 +213,16 @@ def _serialize(index: int, a: pose_io.PoseArrays) -> bytes:
       'visible': b(np.ascontiguousarray(a.visible, np.uint8))})).SerializeToString()
 
 
+_RECORD_SPEC = {'index': tf.io.FixedLenFeature([], tf.int64), 'length': tf.io.FixedLenFeature([], tf.int64),
+                'points': tf.io.FixedLenFeature([], tf.string), 'visible': tf.io.FixedLenFeature([], tf.string)}
+
+
 def _records(cache: _Cache, shard_index: int, num_shards: int) -> tf.data.Dataset:
   """This host's examples as {points f32[T, K, C], visible bool[T, K], index i32}, in row order."""
   k, c = cache.meta['num_points'], cache.meta['num_coords']
-  spec = {'index': tf.io.FixedLenFeature([], tf.int64), 'length': tf.io.FixedLenFeature([], tf.int64),
-          'points': tf.io.FixedLenFeature([], tf.string),
-          'visible': tf.io.FixedLenFeature([], tf.string)}
 
   def parse(record):
-    ex = tf.io.parse_single_example(record, spec)
+    ex = tf.io.parse_single_example(record, _RECORD_SPEC)
     t = tf.cast(ex['length'], tf.int32)
     points = tf.reshape(tf.io.decode_raw(ex['points'], tf.float32), [t, k, c])
     visible = tf.reshape(tf.io.decode_raw(ex['visible'], tf.uint8), [t, k]) > 0
@@ -294,6 +300,151 @@ def _per_host_batch(global_batch: int, num_shards: int, what: str) -> int:
   return global_batch // num_shards
 
 
+# ------------------------------------------------------------------------------------------------
+# Train: a host-side batch plan (numpy) -> tf.data. Batch k is a pure function of (seed, host, k).
+# ------------------------------------------------------------------------------------------------
+_SORT_POOL = 16            # batches per length-sorting pool (more: less padding, less varied batches)
+_FOREVER = 2 ** 62
+
+
+@dataclasses.dataclass
+class _HostExamples:
+  """This host's training examples, every frame in one array (random access by example)."""
+  points: np.ndarray    # f32[F, K, C], F = total frames; example j is points[offsets[j]:offsets[j + 1]]
+  visible: np.ndarray   # bool[F, K]
+  offsets: np.ndarray   # i64[n + 1]
+  index: np.ndarray     # i32[n], row of example j in the split
+
+  @property
+  def lengths(self) -> np.ndarray:
+    return np.diff(self.offsets)
+
+
+def _host_examples(cache: _Cache, shard_index: int, num_shards: int) -> _HostExamples:
+  """Reads this host's rows (shard_index, shard_index + num_shards, ...) of the cache into memory.
+
+  A host share above _CACHE_IN_MEMORY goes to .npy files next to the cache (written once) and is
+  memory-mapped instead, so a large corpus costs page cache rather than process memory.
+  """
+  k, c = cache.meta['num_points'], cache.meta['num_coords']
+  index = np.arange(shard_index, cache.meta['num_examples'], num_shards, dtype=np.int32)
+  lengths = np.asarray(cache.meta['lengths'], np.int64)[index]
+  offsets = np.concatenate([[0], np.cumsum(lengths)])
+  shape = (int(offsets[-1]), k, c)
+  prefix = os.path.join(cache.path, f'train-host{shard_index:05d}-of-{num_shards:05d}')
+  mapped = cache.meta['bytes'] / num_shards >= _CACHE_IN_MEMORY
+  if mapped and os.path.exists(prefix + '.points.npy'):
+    return _HostExamples(np.load(prefix + '.points.npy', mmap_mode='r'),
+                         np.load(prefix + '.visible.npy', mmap_mode='r'), offsets, index)
+  if mapped:
+    tmp = f'{prefix}.tmp-{uuid.uuid4().hex[:8]}'
+    points = np.lib.format.open_memmap(tmp + '.points.npy', 'w+', np.float32, shape)
+    visible = np.lib.format.open_memmap(tmp + '.visible.npy', 'w+', np.bool_, shape[:2])
+  else:
+    points, visible = np.empty(shape, np.float32), np.empty(shape[:2], np.bool_)
+  records = tf.data.TFRecordDataset(cache.files)
+  if num_shards > 1:
+    records = records.shard(num_shards, shard_index)
+  # Parsed in batches, decoded with numpy: ~100x faster than one tf.data element per example.
+  for b in records.batch(256).map(lambda r: tf.io.parse_example(r, _RECORD_SPEC)).as_numpy_iterator():
+    for i, p, v in zip(b['index'], b['points'], b['visible']):
+      j = (int(i) - shard_index) // num_shards
+      points[offsets[j]:offsets[j + 1]] = np.frombuffer(p, np.float32).reshape(-1, k, c)
+      visible[offsets[j]:offsets[j + 1]] = np.frombuffer(v, np.uint8).reshape(-1, k) > 0
+  if mapped:
+    points.flush()
+    visible.flush()
+    del points, visible
+    os.replace(tmp + '.visible.npy', prefix + '.visible.npy')
+    os.replace(tmp + '.points.npy', prefix + '.points.npy')  # last: its presence marks a complete pair
+    return _host_examples(cache, shard_index, num_shards)
+  return _HostExamples(points, visible, offsets, index)
+
+
+class _BatchPlan:
+  """This host's infinite training stream as a plan: batch k = f(seed, host, k), computed in O(epoch).
+
+  Epoch e (rng seeded by (seed, host, e)): a permutation of the host's examples, each with a random
+  speed factor (-> frame count T') and frame-dropout mask; within pools of _SORT_POOL batches the
+  examples are sorted by their final length and cut into batches (little padding), then the order
+  of the epoch's batches is shuffled. A batch's frame axis is padded to the bucket boundary of its
+  longest example, so only len(bounds) frame shapes exist. An epoch holds
+  max(n, B) // B batches (the n mod B examples left out differ from epoch to epoch).
+  """
+
+  def __init__(self, examples: _HostExamples, batch: int, bounds: np.ndarray, seed: int, *,
+               speed: float = 0.0, frame_dropout: float = 0.0, pool: int = _SORT_POOL):
+    self.examples, self.batch, self.bounds, self.seed = examples, batch, bounds, seed
+    self.speed, self.frame_dropout, self.pool = speed, frame_dropout, pool
+    self.num_examples = len(examples.index)
+    self.batches_per_epoch = max(self.num_examples, batch) // batch
+    self._epochs, self._lock = {}, threading.Lock()
+
+  def epoch(self, e: int) -> dict:
+    """Plan of epoch e: example i32[nb, B], src_len/new_len/out_len i32[nb, B], keep_start i64[nb, B]
+    into keep bool[*], frames i32[nb]."""
+    with self._lock:
+      if e not in self._epochs:
+        if len(self._epochs) >= 2:  # the stream only moves forward: keep the current and next epoch
+          del self._epochs[min(self._epochs)]
+        self._epochs[e] = self._make_epoch(e)
+      return self._epochs[e]
+
+  def _make_epoch(self, e: int) -> dict:
+    rng = np.random.default_rng([self.seed % 2**63, e])
+    n, b, nb = self.num_examples, self.batch, self.batches_per_epoch
+    order = np.concatenate([rng.permutation(n) for _ in range(-(-b // n))])[:nb * b]
+    src = self.examples.lengths[order]
+    new = src.astype(np.float64)
+    if self.speed > 0:
+      new = np.round(new * np.exp(rng.uniform(-math.log1p(self.speed), math.log1p(self.speed), len(src))))
+    new = np.clip(new, 1, self.bounds[-1]).astype(np.int64)
+    keep_start = np.concatenate([[0], np.cumsum(new)[:-1]])
+    keep = np.ones(int(new.sum()), bool)
+    out = new
+    if self.frame_dropout > 0:
+      keep = rng.random(len(keep)) >= self.frame_dropout
+      out = np.add.reduceat(keep, keep_start)
+      for i in np.flatnonzero(out == 0):  # never drop every frame
+        keep[keep_start[i]:keep_start[i] + new[i]] = True
+      out = np.where(out == 0, new, out)
+    slots = np.arange(nb * b)
+    for p in range(0, nb * b, self.pool * b):  # sort by length within each pool
+      slots[p:p + self.pool * b] = p + np.argsort(out[p:p + self.pool * b], kind='stable')
+    slots = slots.reshape(nb, b)[rng.permutation(nb)]
+    longest = out[slots].max(1)
+    frames = self.bounds[np.minimum(np.searchsorted(self.bounds, longest), len(self.bounds) - 1)]
+    return {'example': order[slots], 'src_len': src[slots], 'new_len': new[slots], 'out_len': out[slots],
+            'keep_start': keep_start[slots], 'keep': keep, 'frames': frames.astype(np.int32)}
+
+  def padding_fraction(self, e: int = 0) -> float:
+    p = self.epoch(e)
+    return 1.0 - float(p['out_len'].sum()) / float((p['frames'] * self.batch).sum())
+
+  def __call__(self, step) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Batch `step`: points f32[B, T, K, C], visible bool[B, T, K], index i32[B], length i32[B]."""
+    e, j = divmod(int(step), self.batches_per_epoch)
+    p = self.epoch(e)
+    ex = self.examples
+    rows = []
+    for i in range(self.batch):
+      t, t_new = p['src_len'][j, i], p['new_len'][j, i]
+      # Frame f of the resampled example shows source frame floor((f + 0.5) * T / T') (as
+      # augment.resample_frames): uniform, no repeats at speed 1; then the dropout mask.
+      idx = np.minimum(((np.arange(t_new) + 0.5) * t / t_new).astype(np.int64), t - 1)
+      start = p['keep_start'][j, i]
+      idx = idx[p['keep'][start:start + t_new]]
+      rows.append(ex.offsets[p['example'][j, i]] + idx)
+    length = p['out_len'][j].astype(np.int32)
+    frames = int(p['frames'][j])
+    mask = np.arange(frames)[None, :] < length[:, None]
+    rows = np.concatenate(rows)
+    points = np.zeros((self.batch, frames) + ex.points.shape[1:], np.float32)
+    visible = np.zeros((self.batch, frames) + ex.visible.shape[1:], np.bool_)
+    points[mask], visible[mask] = ex.points[rows], ex.visible[rows]
+    return points, visible, ex.index[p['example'][j]], length
+
+
 def _train_split(config, tokenizer, cache: _Cache, shard_index, num_shards) -> SplitData:
   d, t = config.data, config.training
   rows = cache.rows
@@ -301,7 +452,6 @@ def _train_split(config, tokenizer, cache: _Cache, shard_index, num_shards) -> S
   batch = _per_host_batch(t.batch_size, num_shards, 'training.batch_size')
   bounds = _boundaries(config)
   k, c = cache.meta['num_points'], cache.meta['num_coords']
-  n_host = len(range(shard_index, len(rows), num_shards))
   aug = d.get('augmentations', {}) if d.augment else {}
   mirror_perm = None
   if d.augment and aug.get('mirror', False):
@@ -309,47 +459,35 @@ def _train_split(config, tokenizer, cache: _Cache, shard_index, num_shards) -> S
     if names is None:
       raise ValueError('augmentations.mirror needs a keypoint preset (data.keypoints)')
     mirror_perm = kp_lib.mirror_permutation(names)
+  # Hosts draw independent plans; the TF seed of the spatial augmentation is (seed, host, step).
+  seed = int(t.seed) * 1_000_003 + shard_index
+  plan = _BatchPlan(_host_examples(cache, shard_index, num_shards), batch, bounds, seed,
+                    speed=aug.get('speed', 0.0), frame_dropout=aug.get('frame_dropout', 0.0))
+  logging.info('train (host %d): %d examples, %d batches of %d per epoch, frame shapes %s, %.1f%% padding '
+               'frames', shard_index, plan.num_examples, plan.batches_per_epoch, batch,
+               sorted(set(plan.epoch(0)['frames'].tolist())), 100 * plan.padding_fraction(0))
 
   def make(start_step: int) -> tf.data.Dataset:
-    seed = int(t.seed) * 1_000_003 + int(start_step)
-    table_t, lengths_t, bounds_t = tf.constant(table), tf.constant(lengths), tf.constant(bounds)
-    ds = _records(cache, shard_index, num_shards).repeat()
-    ds = ds.shuffle(max(1, min(n_host, int(d.get('shuffle_buffer', 10000)))), seed=seed,
-                    reshuffle_each_iteration=True)
-    ds = ds.enumerate()
+    table_t, lengths_t = tf.constant(table), tf.constant(lengths)
 
-    def temporal(i, ex):
-      points, visible = ex['points'], ex['visible']
-      if aug:
-        points, visible = augment.resample_frames(
-            points, visible, tf.stack([tf.constant(seed, tf.int64), i]),
-            speed=aug.get('speed', 0.0), frame_dropout=aug.get('frame_dropout', 0.0),
-            max_frames=int(bounds[-1]))
-      return _with_length({'points': points, 'visible': visible, 'index': ex['index']})
-
-    ds = ds.map(temporal, num_parallel_calls=tf.data.AUTOTUNE)
-
-    def reduce(key, window):
-      size = tf.cast(bounds_t[key], tf.int64)
-      shapes = {'points': tf.stack([size, k, c]), 'visible': tf.stack([size, k]),
-                'index': tf.constant([], tf.int64), 'length': tf.constant([], tf.int64)}
-      return window.padded_batch(batch, padded_shapes=shapes,
-                                 padding_values=_PADDING, drop_remainder=True)
-
-    ds = ds.group_by_window(key_func=lambda ex: tf.cast(_bucket(ex['length'], bounds_t), tf.int64),
-                            reduce_func=reduce, window_size=batch)
-    ds = ds.enumerate()
-
-    def finish(i, b):
+    def load(step):
+      points, visible, index, length = tf.numpy_function(
+          plan, [step], (tf.float32, tf.bool, tf.int32, tf.int32), stateful=False)
+      points.set_shape([batch, None, k, c])
+      visible.set_shape([batch, None, k])
+      index.set_shape([batch])
+      length.set_shape([batch])
+      b = {'points': points, 'visible': visible, 'index': index, 'length': length}
       if aug:
         points, visible = augment.spatial(
-            b['points'], b['visible'], tf.stack([tf.constant(seed + 1, tf.int64), i]),
+            points, visible, tf.stack([tf.constant(seed, tf.int64), step]),
             rotate=aug.get('rotate', 0.0), scale=aug.get('scale', 0.0),
             shear=aug.get('shear', 0.0), noise=aug.get('noise', 0.0), mirror_perm=mirror_perm)
         b = {**b, 'points': points, 'visible': visible}
       return _finish(b, table_t, lengths_t, config, tokenizer)
 
-    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.range(int(start_step), _FOREVER)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)  # ordered: options.deterministic
     return ds.prefetch(2).with_options(_options())
 
   return SplitData('train', rows, cache.meta['skipped'], batch, len(rows), None,

@@ -8,6 +8,7 @@ Layout under WORKDIR:
 an abstract target (shapes, dtypes, shardings), so a checkpoint restores onto any mesh. A latest checkpoint that
 cannot be read (truncated, corrupt) is skipped with a warning in favour of the one before it.
 """
+import contextlib
 import os
 from typing import Any
 
@@ -18,6 +19,10 @@ from absl import logging
 
 class CheckpointMismatchError(ValueError):
   """A checkpoint whose tree or shapes do not match the model being restored."""
+
+
+class CheckpointSaveError(OSError):
+  """Writing a checkpoint failed (disk full, quota, permissions); the checkpoints before it are intact."""
 
 
 def _manager(directory, max_to_keep, best_metric=None, async_save=True):
@@ -49,18 +54,37 @@ class Checkpoints:
     self.best = _manager(os.path.join(workdir, 'best'), 1, best_metric=best_metric, async_save=async_save)
 
   def save(self, step: int, state, meta: dict, force: bool = False) -> None:
-    self.latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                   meta=ocp.args.JsonSave(meta)), force=force)
+    """Starts writing `step` (async); a failed earlier write surfaces here or in `wait` as CheckpointSaveError."""
+    with self._reporting(self.latest, step):
+      self.latest.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                     meta=ocp.args.JsonSave(meta)), force=force)
 
   def save_best(self, step: int, state, meta: dict, metrics: dict) -> None:
     """Offers `state` to the best manager; orbax keeps it only if `metrics[best_metric]` is the best so far."""
-    self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 meta=ocp.args.JsonSave(meta)),
-                   metrics={k: float(v) for k, v in metrics.items()}, force=True)
+    with self._reporting(self.best, step):
+      self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   meta=ocp.args.JsonSave(meta)),
+                     metrics={k: float(v) for k, v in metrics.items()}, force=True)
 
   def wait(self) -> None:
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    """Blocks until the pending writes are on disk; raises CheckpointSaveError if one failed."""
+    for manager in (self.latest, self.best):
+      with self._reporting(manager, None):
+        manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _reporting(self, manager, step):
+    """Turns a failed (background) write into one clear error. Orbax writes each step into a temporary folder
+    and renames it only once complete, so a failed write never replaces or damages an earlier step."""
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except  (tensorstore reports ENOSPC as ValueError)
+      kept = manager.all_steps()
+      raise CheckpointSaveError(
+          f'writing a checkpoint{"" if step is None else f" (step {step})"} to {manager.directory} failed: '
+          f'{type(e).__name__}: {str(e)[:500]}\nThe earlier checkpoints there are intact '
+          f'(steps {kept}); free disk space (or fix the permissions / quota) and rerun the same command: it '
+          'resumes from the latest intact checkpoint.') from e
 
   def close(self) -> None:
     self.latest.close()

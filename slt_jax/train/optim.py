@@ -15,7 +15,7 @@ def make_optimizer(config, num_train_steps: int) -> optax.GradientTransformation
   """AdamW + clipping, wrapped so that an update whose gradients hold NaN/Inf is skipped.
 
   The wrapper counts consecutive skipped updates in its state (`notfinite_count`); the trainer stops with a
-  clear message once `training.max_consecutive_nonfinite` is reached, before the wrapper would give up.
+  clear message once `training.max_consecutive_nonfinite` is reached (the wrapper itself never gives up).
   """
   t = config.training
   tx = optax.chain(
@@ -23,8 +23,9 @@ def make_optimizer(config, num_train_steps: int) -> optax.GradientTransformation
       optax.adamw(learning_rate_schedule(config, num_train_steps), b1=0.9, b2=0.98, eps=1e-8,
                   weight_decay=t.weight_decay),
   )
-  # +1: the trainer stops at the limit, so the wrapper never applies a non-finite update.
-  return optax.apply_if_finite(tx, max_consecutive_errors=t.max_consecutive_nonfinite + 1)
+  # The wrapper must never give up and apply a non-finite update (the trainer checks the count only at log
+  # steps, and the parameters of every checkpoint must stay finite): the trainer stops the run instead.
+  return optax.apply_if_finite(tx, max_consecutive_errors=2**31 - 1)
 
 
 def nonfinite_count(opt_state) -> int:

@@ -1,8 +1,13 @@
-"""The device mesh and the one logical-axis rule table shared by every model family.
+"""The device mesh, the one logical-axis rule table shared by every model family, and placement.
 
 Models name the dimensions of their parameters ('embed', 'mlp', 'heads', ...; see the model contract); this
 table maps each name to mesh axes. A dimension that the mapped axes do not divide stays replicated, so tiny
 test models run on any mesh.
+
+  mesh = make_mesh(config.mesh)
+  graphdef, state, rest, shardings = create_sharded_state(build_model, tx, mesh, seed=...)  # straight onto them
+  train = jit_train_step(partial(step.train_step, graphdef=..., tx=...), shardings, rest, mesh)
+  state, metrics = train(state, global_batch(host_batch, batch_sharding(mesh)))
 """
 import contextlib
 
@@ -94,7 +99,8 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def create_sharded_state(build_model, tx, mesh, *, seed: int, trainable=nnx.Param, eager: bool = False):
+def create_sharded_state(build_model, tx, mesh, *, seed: int, trainable=nnx.Param, eager: bool = False,
+                         abstract: bool = False):
   """Builds a model and its TrainState straight onto their shardings.
 
   Args:
@@ -105,6 +111,8 @@ def create_sharded_state(build_model, tx, mesh, *, seed: int, trainable=nnx.Para
     trainable: nnx filter of the variables that the optimizer trains (the rest stays frozen).
     eager: build on the host first (pretrained weights read from disk), then place each array on its sharding;
       otherwise random init runs inside jit with out_shardings, so no parameter ever sits whole on one device.
+    abstract: allocate nothing: the TrainState and rest are jax.ShapeDtypeStructs carrying their shardings
+      (a restore target: orbax then reads each array straight onto its sharding).
   Returns:
     (graphdef, TrainState, rest, TrainState shardings) where `rest` holds the non-trained variables.
   """
@@ -120,6 +128,10 @@ def create_sharded_state(build_model, tx, mesh, *, seed: int, trainable=nnx.Para
   graphdef, abstract_params, abstract_rest = nnx.eval_shape(build)
   shardings = state_shardings(jax.eval_shape(init_state, abstract_params), mesh)
   rest_shardings = state_shardings(abstract_rest, mesh)
+  if abstract:
+    with_sharding = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+    return (graphdef, jax.tree.map(with_sharding, jax.eval_shape(init_state, abstract_params), shardings),
+            jax.tree.map(with_sharding, abstract_rest, rest_shardings), shardings)
   if eager:
     # Pretrained weights are read into host memory (never onto one accelerator), then each array goes
     # straight to its sharding; the params are donated so the TrainState does not hold them twice.
@@ -150,6 +162,8 @@ def place(tree, shardings):
   every process holds the same host copy and fills its addressable devices.
   """
   def one(x, sharding):
+    if jax.dtypes.issubdtype(getattr(x, 'dtype', None), jax.dtypes.prng_key):
+      return jax.device_put(x, sharding)  # typed PRNG keys have no numpy form (and are tiny)
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
   return jax.tree.map(one, tree, shardings)

@@ -73,7 +73,9 @@ def train_step(state: TrainState, batch, *, graphdef, rest, tx, label_smoothing:
   model_batch = {k: batch[k] for k in ('poses', 'pose_mask', 'labels', 'label_mask')}
 
   def loss_fn(params, micro, key):
-    model = nnx.merge(graphdef, params, rest)
+    # copy=True: fresh Variables at this (grad) trace level; `rest`'s own ones belong to the jit level, and
+    # nnx.scan refuses those (the frozen LoRA base lives in `rest`).
+    model = nnx.merge(graphdef, params, rest, copy=True)
     logits = model(micro, rngs=nnx.Rngs(dropout=key))
     loss_sum, n = cross_entropy(logits, micro['labels'], micro['label_mask'], label_smoothing)
     return loss_sum / jnp.maximum(n, 1.0), (loss_sum, n)

@@ -4,6 +4,7 @@
   preemption) -> final evaluation of the best checkpoint on the test split.
 """
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -20,10 +21,12 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from slt_jax import decode as decode_lib
+from slt_jax import default_config
 from slt_jax import evaluate as evaluate_lib
 from slt_jax.data import inputs as inputs_lib
 from slt_jax.models import slt
 from slt_jax.train import checkpoint as checkpoint_lib
+from slt_jax.train import flops as flops_lib
 from slt_jax.train import optim
 from slt_jax.train import sharding as sharding_lib
 from slt_jax.train import step as step_lib
@@ -64,23 +67,31 @@ def _num_train_steps(config, num_train_examples: int) -> int:
 
 def setup(config, workdir: str, splits=None, tokenizer=None, pose_dim: int | None = None) -> Run:
   """Builds data (unless `splits=[]`), the model and a sharded TrainState (fresh; restore separately)."""
+  # Checks that need the devices or the tokenizer, before reading data / loading weights / compiling.
+  default_config.validate_devices(config, jax.device_count(), jax.process_count())
   datasets = {}
   if splits != []:  # pylint: disable=g-explicit-bool-comparison  (None = every split; [] = none)
+    # Multi-host: process 0 prepares the shared workdir (demo corpus, tokenizer, caches) before the others read it.
+    if jax.process_index() > 0:
+      multihost_utils.sync_global_devices('slt_jax:inputs')
     tokenizer, datasets = inputs_lib.make_inputs(config, workdir, splits)
+    if jax.process_count() > 1 and jax.process_index() == 0:
+      multihost_utils.sync_global_devices('slt_jax:inputs')
     pose_dim = int(np.prod(next(iter(datasets.values())).pose_shape))
+  default_config.validate_vocab(config, tokenizer.vocab_size)
   mesh = sharding_lib.make_mesh(config.mesh)
   num_steps = _num_train_steps(config, datasets['train'].num_examples) if 'train' in datasets else 0
   tx = optim.make_optimizer(config, max(num_steps, 1))
   graphdef, state, rest, state_shardings = sharding_lib.create_sharded_state(
       lambda: slt.build_model(config, tokenizer.vocab_size, pose_dim, rngs=nnx.Rngs(params=config.training.seed)),
-      tx, mesh, seed=config.training.seed + 1, eager=bool(config.model.name))
+      tx, mesh, seed=config.training.seed + 1, eager=bool(config.model.name),
+      trainable=slt.trainable_filter(config))  # with LoRA: adapters + pose front end; the base stays in `rest`
   return Run(config, workdir, tokenizer, datasets, mesh, graphdef, rest, state, state_shardings, tx, num_steps)
 
 
 def _device_batch(batch: dict, sharding) -> dict:
   """Host-local numpy batch -> global jax.Arrays split over the batch axes of the mesh."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items() if k in inputs_lib.DEVICE_KEYS}
+  return sharding_lib.global_batch(batch, sharding, keys=inputs_lib.DEVICE_KEYS)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -164,6 +175,13 @@ class _StopRequest:
     return local
 
 
+def _batch_counts(batch) -> dict:
+  """Real examples, target tokens and frames of a host batch (for throughput; padding excluded)."""
+  return {'examples': int(np.sum(batch['example_mask'])), 'tokens': int(np.sum(batch['label_mask'])),
+          'frames': int(np.sum(batch['pose_mask'])), 'frame_slots': int(np.size(batch['pose_mask'])),
+          'shape': batch['poses'].shape}
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The loop.
 # ------------------------------------------------------------------------------------------------------------
@@ -189,13 +207,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if is_main:
     writer.write_hparams({k: v for k, v in config.training.items() if isinstance(v, (int, float, str, bool))})
 
-  train_fn = jax.jit(
-      lambda s, b: step_lib.train_step(s, b, graphdef=run.graphdef, rest=run.rest, tx=run.tx,
-                                       label_smoothing=t.label_smoothing,
-                                       grad_accum=t.gradient_accumulation_steps),
-      in_shardings=(run.state_shardings, sharding_lib.batch_sharding(run.mesh)),
-      out_shardings=(run.state_shardings, sharding_lib.replicated(run.mesh)),
-      donate_argnums=0)
+  train_fn = sharding_lib.jit_train_step(
+      functools.partial(step_lib.train_step, graphdef=run.graphdef, tx=run.tx, label_smoothing=t.label_smoothing,
+                        grad_accum=t.gradient_accumulation_steps),
+      run.state_shardings, run.rest, run.mesh)
   decode_fn = make_decode_fn(run)
   batch_sharding = sharding_lib.batch_sharding(run.mesh)
   lr_schedule = optim.learning_rate_schedule(config, num_steps)
@@ -204,31 +219,52 @@ def train_and_evaluate(config, workdir: str) -> dict:
   meta = lambda step: {'step': step, 'data_position': step}  # batches are a function of the step (exact resume).
   last_log_time, last_log_step, pending = time.time(), start_step, []
   val_metrics = {}  # step -> validation metrics of this process's evaluations
+  step_flops = {}   # poses shape -> model FLOPs of one train step per device (3 x forward, MaxText's count)
+  peak_flops = flops_lib.device_peak_flops(jax.devices()[0], t.peak_tflops)
   step = start_step
   with _StopRequest() as stop:
     while step < num_steps:
       batch = next(train_iter)
       state, metrics = train_fn(state, _device_batch(batch, batch_sharding))
       step += 1
-      pending.append((metrics, int(np.sum(batch['example_mask']))))
+      pending.append((metrics, _batch_counts(batch)))
+      if is_main and batch['poses'].shape not in step_flops:  # once per batch shape: one trace, no compile
+        step_flops[batch['poses'].shape] = flops_lib.train_step_flops(
+            run.graphdef, state.params, run.rest, batch) * jax.process_count() / jax.device_count()
 
       if step % t.log_every_steps == 0 or step == num_steps:
         fetched = jax.device_get([m for m, _ in pending])
-        examples = sum(n for _, n in pending)
+        counts = {k: sum(c[k] for _, c in pending) for k in ('examples', 'tokens', 'frames')}
+        flops = sum(step_flops.get(c['shape'], 0.0) for _, c in pending)
         elapsed = time.time() - last_log_time
-        nonfinite = int(fetched[-1]['nonfinite_count'])
+        # Longest run of skipped (NaN/Inf) updates seen in this window: a streak that ended before the log
+        # step still counts. The optimizer never applies such an update, so every checkpoint stays finite.
+        nonfinite = max(int(m['nonfinite_count']) for m in fetched)
+        skipped = sum(int(m['nonfinite_count']) > 0 for m in fetched)
         summary = {
             'train/loss': float(np.mean([m['loss'] for m in fetched if np.isfinite(m['loss'])] or [np.nan])),
             'train/learning_rate': float(lr_schedule(step - 1)),
             'train/grad_norm': float(np.mean([m['grad_norm'] for m in fetched])),
-            'train/examples_per_second': examples / elapsed,
-            'train/nonfinite_steps': float(sum(not np.isfinite(m['loss']) for m in fetched)),
+            'train/examples_per_second': counts['examples'] / elapsed,
+            'train/tokens_per_second': counts['tokens'] / elapsed,   # real (non-padding) target tokens
+            'train/frames_per_second': counts['frames'] / elapsed,   # real (non-padding) pose frames
+            'train/padding_fraction': 1.0 - sum(c['frames'] for _, c in pending) / max(
+                sum(c['frame_slots'] for _, c in pending), 1),
+            'train/nonfinite_steps': float(skipped),
         }
+        if peak_flops and flops:
+          summary['train/mfu'] = flops / elapsed / peak_flops
         writer.write_scalars(step, summary)
         eta = (num_steps - step) * elapsed / max(step - last_log_step, 1)
-        logging.info('step %d/%d  loss %.4f  lr %.2e  %.1f examples/s  ETA %s', step, num_steps,
-                     summary['train/loss'], summary['train/learning_rate'], summary['train/examples_per_second'],
+        logging.info('step %d/%d  loss %.4f  lr %.2e  %.1f examples/s  %.0f tokens/s  %.0f frames/s%s  ETA %s',
+                     step, num_steps, summary['train/loss'], summary['train/learning_rate'],
+                     summary['train/examples_per_second'], summary['train/tokens_per_second'],
+                     summary['train/frames_per_second'],
+                     f"  MFU {100 * summary['train/mfu']:.1f}%" if 'train/mfu' in summary else '',
                      time.strftime('%H:%M:%S', time.gmtime(eta)))
+        if skipped:
+          logging.warning('step %d: skipped %d update(s) with NaN/Inf gradients since the last log line.', step,
+                          skipped)
         last_log_time, last_log_step, pending = time.time(), step, []
         if nonfinite >= t.max_consecutive_nonfinite:
           ckpt.wait()
