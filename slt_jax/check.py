@@ -16,14 +16,16 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from slt_jax.models import slt
+from slt_jax.models import lora, slt
 from slt_jax.train import optim
 from slt_jax.train import sharding as sharding_lib
 from slt_jax.train import step as step_lib
 
 
 def _nbytes(shape, dtype) -> int:
-  return int(np.prod(shape, dtype=np.int64)) * jnp.dtype(dtype).itemsize
+  # XLA packs 4-bit types (NF4 codes are uint4) two to a byte; numpy's itemsize says 1.
+  bits = 4 if jnp.dtype(dtype) in (jnp.dtype(jnp.int4), jnp.dtype(jnp.uint4)) else 8 * jnp.dtype(dtype).itemsize
+  return int(np.prod(shape, dtype=np.int64)) * bits // 8
 
 
 def _per_device_bytes(abstract_tree) -> int:
@@ -37,10 +39,6 @@ def _per_device_bytes(abstract_tree) -> int:
 
 def _count(tree) -> int:
   return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))
-
-
-def _with_shardings(abstract, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
 
 
 def _data_report(config) -> dict:
@@ -70,34 +68,30 @@ def _vocab_size(config) -> int:
   return int(config.data.get('trained_tokenizer', {}).get('vocab_size', 2000))
 
 
-def memory_plan(config, graphdef, abstract_state, abstract_rest, state_shardings, rest_shardings, tx, mesh,
-                batch_size: int, frames: int, target_len: int, pose_shape) -> dict:
-  """Per-device bytes of the jitted train step, from XLA's compiled memory analysis on abstract inputs."""
+def memory_plan(config, graphdef, state, rest, state_shardings, tx, mesh, batch_size: int, frames: int,
+                target_len: int, pose_shape) -> dict:
+  """Per-device bytes of the jitted train step, from XLA's compiled memory analysis on abstract inputs.
+
+  `state` and `rest` are ShapeDtypeStructs carrying their shardings (create_sharded_state(abstract=True)).
+  """
   k, c = pose_shape
-  batch = {
-      'poses': jax.ShapeDtypeStruct((batch_size, frames, k, c), jnp.float32),
-      'pose_mask': jax.ShapeDtypeStruct((batch_size, frames), jnp.bool_),
-      'labels': jax.ShapeDtypeStruct((batch_size, target_len), jnp.int32),
-      'label_mask': jax.ShapeDtypeStruct((batch_size, target_len), jnp.bool_),
-      'example_mask': jax.ShapeDtypeStruct((batch_size,), jnp.bool_),
-  }
   batch_sharding = sharding_lib.batch_sharding(mesh)
-  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in batch.items()}
+  shapes = {'poses': ((batch_size, frames, k, c), jnp.float32), 'pose_mask': ((batch_size, frames), jnp.bool_),
+            'labels': ((batch_size, target_len), jnp.int32), 'label_mask': ((batch_size, target_len), jnp.bool_),
+            'example_mask': ((batch_size,), jnp.bool_)}
+  batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for name, (shape, dtype) in shapes.items()}
   t = config.training
+  # The trainer's step (sharding.jit_train_step), lowered here on abstract inputs instead of called.
   step = jax.jit(
-      lambda s, rest, b: step_lib.train_step(s, b, graphdef=graphdef, rest=rest, tx=tx,
-                                             label_smoothing=t.label_smoothing,
-                                             grad_accum=t.gradient_accumulation_steps),
-      in_shardings=(state_shardings, rest_shardings, batch_sharding),
+      lambda s, r, b: step_lib.train_step(s, b, graphdef=graphdef, rest=r, tx=tx, label_smoothing=t.label_smoothing,
+                                          grad_accum=t.gradient_accumulation_steps),
+      in_shardings=(state_shardings, jax.tree.map(lambda x: x.sharding, rest), batch_sharding),
       out_shardings=(state_shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
-  state_arg = _with_shardings(abstract_state, state_shardings)
-  rest_arg = _with_shardings(abstract_rest, rest_shardings)
-  compiled = step.lower(state_arg, rest_arg, batch).compile()
-  stats = compiled.memory_analysis()
+  stats = step.lower(state, rest, batch).compile().memory_analysis()
   plan = {
-      'trained_params_bytes': _per_device_bytes(state_arg.params),
-      'optimizer_state_bytes': _per_device_bytes(state_arg.opt_state),
-      'frozen_params_bytes': _per_device_bytes(rest_arg),
+      'trained_params_bytes': _per_device_bytes(state.params),
+      'optimizer_state_bytes': _per_device_bytes(state.opt_state),
+      'frozen_params_bytes': _per_device_bytes(rest),
       'batch_bytes': _per_device_bytes(batch),
       'temporaries_bytes': int(stats.temp_size_in_bytes) if stats else None,
       'arguments_bytes': int(stats.argument_size_in_bytes) if stats else None,
@@ -117,49 +111,37 @@ def check(config, workdir: str, *, memory: bool = True) -> dict:
   pose_shape = pipeline.pose_feature_shape(config)
   vocab = _vocab_size(config)
   tx = optim.make_optimizer(config, 1000)
-  trainable = slt.trainable_filter(config) if hasattr(slt, 'trainable_filter') else nnx.Param
+  build = lambda: slt.build_model(config, vocab, int(np.prod(pose_shape)), rngs=nnx.Rngs(params=0))
+  graphdef, state, rest, state_shardings = sharding_lib.create_sharded_state(
+      build, tx, mesh, seed=0, trainable=slt.trainable_filter(config), abstract=True)
 
-  def build():
-    model = slt.build_model(config, vocab, int(np.prod(pose_shape)), rngs=nnx.Rngs(params=0))
-    return model, nnx.split(model, trainable, ...)
-
-  abstract_model, (graphdef, abstract_params, abstract_rest) = nnx.eval_shape(build)
+  abstract_model = nnx.eval_shape(build)
   family = getattr(abstract_model, 'family', config.model.family)
   # The pretrained model alone, as HF counts it: LoRA adapters are not part of it.
   base_params = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
   backbone = nnx.state(abstract_model.lm, base_params) if hasattr(abstract_model, 'lm') else None
-  abstract_state = jax.eval_shape(
-      lambda p: step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
-                                    rng=jax.random.PRNGKey(0)), abstract_params)
-  state_shardings = sharding_lib.state_shardings(abstract_state, mesh)
-  rest_shardings = sharding_lib.state_shardings(abstract_rest, mesh)
-
-  all_params = nnx.state(abstract_model, nnx.Param)
   report = {
       'family': family,
       'backbone_params': _count(backbone) if backbone is not None else None,
-      'total_params': _count(all_params),
-      'trainable_params': _count(abstract_params),
+      'total_params': _count(nnx.state(abstract_model, nnx.Param)),
+      'trainable_params': _count(state.params),
       'devices': [str(d) for d in jax.devices()],
       'mesh': dict(mesh.shape),
       'vocab_size': vocab,
   }
-  # Sharding plan: how many parameters go to each PartitionSpec (the full per-tensor plan is in check.json).
+  # Sharding plan: every trained tensor's PartitionSpec (in check.json) and the parameters per spec (printed).
   plan, by_spec = {}, collections.Counter()
-  for path, sharding in jax.tree_util.tree_flatten_with_path(state_shardings.params)[0]:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state.params)[0]:
     name = '/'.join(str(getattr(p, 'key', getattr(p, 'idx', p))) for p in path)
-    plan[name] = str(sharding.spec)
-  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
-    name = '/'.join(str(getattr(p, 'key', getattr(p, 'idx', p))) for p in path)
-    by_spec[plan.get(name, '?')] += int(np.prod(leaf.shape, dtype=np.int64))
+    plan[name] = str(leaf.sharding.spec)
+    by_spec[plan[name]] += int(np.prod(leaf.shape, dtype=np.int64))
   report['sharding_summary'] = dict(by_spec)
   report['sharding_plan'] = plan
   if memory:
     t, d = config.training, config.data
-    per_step_batch = t.batch_size
     report['memory_per_device'] = memory_plan(
-        config, graphdef, abstract_state, abstract_rest, state_shardings, rest_shardings, tx, mesh,
-        per_step_batch, int(d.max_frames), int(d.max_target_length), pose_shape)
+        config, graphdef, state, rest, state_shardings, tx, mesh, t.batch_size, int(d.max_frames),
+        int(d.max_target_length), pose_shape)
   try:
     report['data'] = _data_report(config)
   except ImportError as e:
