@@ -120,11 +120,11 @@ def get_config():
   config.decode.max_new_tokens = 64   # generated tokens at most (EOS included).
   config.decode.num_beams = 1         # 1 = greedy / sampling; K > 1 = beam search with K beams (as HF generate).
   config.decode.length_penalty = 1.0  # finished beam score = sum logprob / generated_len ** length_penalty.
-  config.decode.early_stopping = 'false'  # beam stop rule as HF's early_stopping: 'false' (heuristic) | 'true' | 'never'.
+  config.decode.early_stopping = 'false'  # beam stop rule, as HF's: 'false' (heuristic) | 'true' | 'never'.
   config.decode.do_sample = False     # sample instead of argmax (with num_beams > 1: beam sampling); needs a PRNG key.
   config.decode.temperature = 1.0     # sampling: logits / temperature.
   config.decode.top_k = 0             # sampling: keep the k most likely tokens (0 = off).
-  config.decode.top_p = 1.0           # sampling: keep the smallest set of tokens with this much probability (1.0 = off).
+  config.decode.top_p = 1.0           # sampling: smallest set of tokens with this much probability (1.0 = off).
 
   # --- evaluation --------------------------------------------------------------------------------
   config.evaluation = ml_collections.ConfigDict()
