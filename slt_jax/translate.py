@@ -15,9 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from flax import nnx
 
-from slt_jax import decode as decode_lib
 from slt_jax.data import pipeline
 from slt_jax.data import pose_io
 from slt_jax.data import tokenizer as tokenizer_lib
@@ -91,8 +89,7 @@ def translate(config, workdir: str, inputs: list[str], output: str | None = None
       logging.warning('Skipping %s: %s', path, e)
       print(f'# skipped {path}: {e}')
 
-  graphdef, rest, max_new = run.graphdef, run.rest, config.decode.max_new_tokens
-  decode_fn = jax.jit(lambda p, poses, mask: decode_lib.greedy(nnx.merge(graphdef, p, rest), poses, mask, max_new))
+  decode_fn = trainer.make_decode_fn(run.graphdef, config.decode, config.training.seed)
   bounds = sorted(config.data.bucket_boundaries)
   results = []
   for start in range(0, len(readable), batch_size):
@@ -101,7 +98,7 @@ def translate(config, workdir: str, inputs: list[str], output: str | None = None
     frames = next((b for b in bounds if b >= longest), longest)  # few distinct shapes -> few compilations
     poses, mask = _pad_batch([a for _, a in chunk], batch_size, frames,
                              bool(config.data.get('visibility_channel', False)))
-    ids = np.asarray(jax.device_get(decode_fn(state.params, poses, mask)))
+    ids = np.asarray(jax.device_get(decode_fn(state.params, run.rest, poses, mask)))
     for (path, _), row in zip(chunk, ids):
       results.append((path, tokenizer.decode(row.tolist())))
 

@@ -97,19 +97,20 @@ def _device_batch(batch: dict, sharding) -> dict:
 # ------------------------------------------------------------------------------------------------------------
 # Evaluation: decode a split, score it, write predictions and metrics.
 # ------------------------------------------------------------------------------------------------------------
-def make_decode_fn(run: Run):
-  max_new = run.config.decode.max_new_tokens
+def make_decode_fn(graphdef, decode_config, seed: int = 0):
+  """jit of `(params, rest, poses, pose_mask) -> ids i32[B, max_new_tokens]` decoding with config.decode."""
+  decode_config = decode_config.to_dict()  # plain values, closed over as compile-time constants
+  rng = jax.random.PRNGKey(seed) if decode_config.get('do_sample') else None
 
   @jax.jit
   def decode_fn(params, rest, poses, pose_mask):
-    model = nnx.merge(run.graphdef, params, rest)
-    return decode_lib.greedy(model, poses, pose_mask, max_new)
+    return decode_lib.generate(nnx.merge(graphdef, params, rest), poses, pose_mask, decode_config, rng)
   return decode_fn
 
 
 def decode_split(run: Run, split: str, params, decode_fn=None) -> tuple[list[str], list[str], list[str]]:
   """(uids, references, hypotheses) of a split, in row order."""
-  decode_fn = decode_fn or make_decode_fn(run)
+  decode_fn = decode_fn or make_decode_fn(run.graphdef, run.config.decode, run.config.training.seed)
   batch_sharding = sharding_lib.batch_sharding(run.mesh)
   rows = run.splits[split].rows
   hyps = {}
@@ -211,7 +212,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       functools.partial(step_lib.train_step, graphdef=run.graphdef, tx=run.tx, label_smoothing=t.label_smoothing,
                         grad_accum=t.gradient_accumulation_steps),
       run.state_shardings, run.rest, run.mesh)
-  decode_fn = make_decode_fn(run)
+  decode_fn = make_decode_fn(run.graphdef, run.config.decode, t.seed)
   batch_sharding = sharding_lib.batch_sharding(run.mesh)
   lr_schedule = optim.learning_rate_schedule(config, num_steps)
 
