@@ -104,6 +104,37 @@ def memory_plan(config, graphdef, state, rest, state_shardings, tx, mesh, batch_
   return plan
 
 
+# Memory-plan variants (slt_jax.check.memory_variants): config.model fields each one sets.
+MEMORY_VARIANTS = {
+    'full_bf16': dict(use_lora=False, load_in_4bit=False, load_in_8bit=False, dtype='bfloat16'),
+    'lora_bf16': dict(use_lora=True, load_in_4bit=False, load_in_8bit=False),
+    'qlora_nf4': dict(use_lora=True, load_in_4bit=True, load_in_8bit=False),
+}
+
+
+def memory_variants(config, batch_size: int, frames: int, variants=tuple(MEMORY_VARIANTS)) -> dict:
+  """{variant: memory_plan} of `config`'s train step at batch_size x frames, under bf16 mixed precision, as
+  full fine-tuning with bf16 weights and AdamW state, LoRA on a bf16 base and LoRA on an NF4 base (the
+  frozen base stored in the compute dtype). Abstract shapes only: nothing is allocated."""
+  from slt_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  mesh = sharding_lib.make_mesh(config.mesh)
+  pose_shape = pipeline.pose_feature_shape(config)
+  vocab = _vocab_size(config)
+  plans = {}
+  for name in variants:
+    cfg = config.copy_and_resolve_references()
+    cfg.model.update(MEMORY_VARIANTS[name])
+    cfg.training.mixed_precision = 'bf16'
+    tx = optim.make_optimizer(cfg, 1000)
+    build = lambda c=cfg: slt.build_model(c, vocab, int(np.prod(pose_shape)), rngs=nnx.Rngs(params=0))
+    graphdef, state, rest, shardings = sharding_lib.create_sharded_state(
+        build, tx, mesh, seed=0, trainable=slt.trainable_filter(cfg), abstract=True)
+    plans[name] = memory_plan(cfg, graphdef, state, rest, shardings, tx, mesh, batch_size, frames,
+                              int(cfg.data.max_target_length), pose_shape)
+    plans[name]['trainable_params'] = _count(state.params)
+  return plans
+
+
 def check(config, workdir: str, *, memory: bool = True) -> dict:
   """Resolves `config` offline and returns (and writes to WORKDIR/check.json) its report."""
   from slt_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -117,13 +148,13 @@ def check(config, workdir: str, *, memory: bool = True) -> dict:
 
   abstract_model = nnx.eval_shape(build)
   family = getattr(abstract_model, 'family', config.model.family)
-  # The pretrained model alone, as HF counts it: LoRA adapters are not part of it.
-  base_params = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))
+  # The pretrained model alone, as HF counts it: LoRA adapters are not part of it, quantized kernels are.
+  base_params = nnx.Any(nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)), lora.QuantizedWeight)
   backbone = nnx.state(abstract_model.lm, base_params) if hasattr(abstract_model, 'lm') else None
   report = {
       'family': family,
-      'backbone_params': _count(backbone) if backbone is not None else None,
-      'total_params': _count(nnx.state(abstract_model, nnx.Param)),
+      'backbone_params': lora.count_weights(backbone) if backbone is not None else None,
+      'total_params': lora.count_weights(nnx.state(abstract_model, nnx.Any(nnx.Param, lora.QuantizedWeight))),
       'trainable_params': _count(state.params),
       'devices': [str(d) for d in jax.devices()],
       'mesh': dict(mesh.shape),

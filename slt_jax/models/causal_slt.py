@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from slt_jax.models import decoder, hf
+from slt_jax.models import decoder, hf, lora
 from slt_jax.models import layers as L
 from slt_jax.models.pose_frontend import PoseFrontEnd
 
@@ -128,8 +128,9 @@ class CausalSLT(nnx.Module):
     targets = self.lm.embed(labels[:, :-1].astype(jnp.int32))
     x = jnp.concatenate([x, targets], axis=1)
     mask = jnp.concatenate([mask, jnp.ones(targets.shape[:2], bool)], axis=1)
-    h = self.lm(inputs_embeds=x, attention_mask=mask, return_hidden=True)
-    return self.lm.head(h[:, p - 1:p - 1 + l])
+    with lora.dropout_rngs(self.lm, rngs):  # LoRA adapter dropout (a no-op without adapters)
+      h = self.lm(inputs_embeds=x, attention_mask=mask, return_hidden=True)
+      return self.lm.head(h[:, p - 1:p - 1 + l])
 
   def start_decode(self, poses: jax.Array, pose_mask: jax.Array, max_new_tokens: int):
     """-> (logits f32[B, V] of the first generated token, state: decoder.DecodeState, batch-first)."""

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from slt_jax.models import bart, causal_slt, hf, t5
+from slt_jax.models import bart, causal_slt, hf, lora, t5
 from slt_jax.models import layers as L
 from slt_jax.models.pose_frontend import PoseFrontEnd
 
@@ -55,12 +55,13 @@ class Seq2SeqSLT(nnx.Module):
 
   def __call__(self, batch: dict, rngs: Optional[nnx.Rngs] = None) -> jax.Array:
     """Teacher forcing: batch['poses'], ['pose_mask'], ['labels'] i32[B, L] -> logits f32[B, L, V]."""
-    enc, mask = self.encode(batch['poses'], batch['pose_mask'], rngs=rngs)
-    labels = batch['labels']
-    p = len(self.decoder_prefix)
-    dec_in = jnp.concatenate([self._prefix(labels.shape[0]), labels[:, :-1]], axis=1)
-    # Positions after EOS are padding; the causal mask keeps them out of the real positions.
-    logits, _ = self.lm.decode(dec_in, enc, mask, rngs=rngs)
+    with lora.dropout_rngs(self.lm, rngs):  # adapter dropout (a no-op without adapters)
+      enc, mask = self.encode(batch['poses'], batch['pose_mask'], rngs=rngs)
+      labels = batch['labels']
+      p = len(self.decoder_prefix)
+      dec_in = jnp.concatenate([self._prefix(labels.shape[0]), labels[:, :-1]], axis=1)
+      # Positions after EOS are padding; the causal mask keeps them out of the real positions.
+      logits, _ = self.lm.decode(dec_in, enc, mask, rngs=rngs)
     return logits[:, p - 1:]
 
   def start_decode(self, poses: jax.Array, pose_mask: jax.Array, max_new_tokens: int):
@@ -110,8 +111,24 @@ def build_lm(config, vocab_size: int, rngs: nnx.Rngs):
   return fam.build(fam.config_from_hf(arch), dtype, param_dtype, rngs), family
 
 
+def trainable_filter(config):
+  """The nnx filter of what the optimizer trains (and checkpoints hold): everything, or with model.use_lora
+  the adapters plus all that lies outside the backbone `lm` (pose front end / encoder / projector)."""
+  if not config.model.use_lora:
+    return nnx.Param
+  return nnx.Any(nnx.LoRAParam, nnx.All(nnx.Param, nnx.Not(nnx.PathContains('lm'))))
+
+
 def build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs) -> nnx.Module:
-  """The SLT model of the contract; pose_dim = K * C. Decoder-only families go to causal_slt.CausalSLT."""
+  """The SLT model of the contract; pose_dim = K * C. Decoder-only families go to causal_slt.CausalSLT.
+  With model.use_lora the backbone gets (Q)LoRA adapters (lora.apply_from_config)."""
+  model = _build_model(config, vocab_size, pose_dim, rngs)
+  if config.model.use_lora:
+    lora.apply_from_config(model.lm, config, rngs)
+  return model
+
+
+def _build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs) -> nnx.Module:
   mc = config.model
   family = hf.read_config(mc.name)['model_type'] if mc.name else mc.family
   if family not in SEQ2SEQ:
