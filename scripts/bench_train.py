@@ -10,7 +10,6 @@ import time
 
 from absl import app, flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from ml_collections import config_flags
