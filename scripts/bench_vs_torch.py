@@ -2,8 +2,8 @@
 
   python scripts/bench_vs_torch.py [--runs=3] [--steps=10] [--json]
 
-The model is the same tiny T5-shaped SLT model on both sides: a pose front end (linear -> GELU -> strided
-temporal conv -> linear) feeding T5 v1.1 (gated GELU) through `inputs_embeds`, AdamW, gradient clipping, float32.
+The model is the same tiny T5-shaped SLT model on both sides: a pose front end (linear -> GELU -> one residual
+strided temporal conv block -> linear) feeding T5 v1.1 (gated GELU) through `inputs_embeds`, AdamW, gradient clipping, float32.
 Both sides use all CPU cores. Reports the median examples/s over --runs runs of --steps timed steps each (after
 warm-up / compilation). With --json the last line is {"ours_examples_per_s", "torch_examples_per_s", "ratio"}.
 """
@@ -85,17 +85,21 @@ def bench_torch(batch):
       vocab_size=VOCAB, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, **ARCH))
 
   class Frontend(torch.nn.Module):
+    """Our PoseFrontEnd with one conv block: linear -> GELU -> RMSNorm(skip + GELU(strided conv)) -> linear."""
+
     def __init__(self):
       super().__init__()
       self.proj = torch.nn.Linear(KEYPOINTS * COORDS, HIDDEN)
       self.conv = torch.nn.Conv1d(HIDDEN, HIDDEN, 5, stride=2, padding=2)
+      self.norm = torch.nn.RMSNorm(HIDDEN, eps=1e-6)
       self.out = torch.nn.Linear(HIDDEN, ARCH['d_model'])
+      self.dropout = torch.nn.Dropout(0.1)
 
     def forward(self, poses, mask):
       b, t = poses.shape[:2]
       x = torch.nn.functional.gelu(self.proj(poses.reshape(b, t, -1))) * mask[..., None]
-      x = torch.nn.functional.gelu(self.conv(x.transpose(1, 2)).transpose(1, 2))
-      return self.out(x), mask[:, ::2]
+      x = self.norm(x[:, ::2] + torch.nn.functional.gelu(self.conv(x.transpose(1, 2)).transpose(1, 2)))
+      return self.dropout(self.out(x)), mask[:, ::2]
 
   frontend = Frontend()
   params = list(model.parameters()) + list(frontend.parameters())

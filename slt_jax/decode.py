@@ -4,6 +4,14 @@ A model exposes `start_decode(poses, pose_mask, max_new_tokens) -> (logits f32[B
 `decode_step(state, tokens i32[B]) -> (logits, state)`; the state's leaves are batch-first (beam search
 repeats and gathers them along axis 0), plus `eos_id`, `pad_id`, `vocab_size`. No tensorflow here.
 
+Forced tokens, counted the way HF `generate` counts them (optional attributes of the model):
+  decoder_prefix: an encoder-decoder's tokens fed before the first generated one. Those after the first (the
+    decoder start token) are forced tokens (BART's <s>, mBART's language code: HF's forced_bos_token_id):
+    HF generates them, so they count towards max_new_tokens and towards the length in the length penalty.
+    Our outputs leave them out (they are known), so K forced tokens leave max_new_tokens - K to generate.
+  forced_eos: HF's forced_eos_token_id (set in (m)BART checkpoints): the last token max_new_tokens allows
+    is EOS (log-probability 0 in beam scores) unless the row ended before.
+
   tokens = generate(model, poses, pose_mask, config.decode, rng)   # i32[B, max_new_tokens], pad after EOS
 
 greedy / sample / beam_search are the pieces generate picks from; they trace inside the caller's jit (the
@@ -34,7 +42,8 @@ def generate(model, poses, pose_mask, decode_config, rng: Optional[jax.Array] = 
       temperature, top_k, top_p); missing fields take their defaults.
     rng: PRNG key, required when do_sample.
   Returns:
-    i32[B, max_new_tokens]: generated ids (EOS included); positions after EOS hold the pad id.
+    i32[B, max_new_tokens]: generated ids (EOS included); positions after EOS hold the pad id (and so do the
+    last K columns when the model has K forced prefix tokens, see the module docstring).
   """
   c = decode_config
   get = lambda name, default: c.get(name, default) if hasattr(c, 'get') else getattr(c, name, default)
@@ -81,22 +90,42 @@ def warp_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0, top
   return logits
 
 
+# --- forced tokens (HF's forced_bos_token_id / forced_eos_token_id) -------------------------------------
+
+def _forced(model, max_new_tokens: int) -> tuple[int, int, bool]:
+  """-> (tokens to generate, forced prefix tokens K, forced_eos); see the module docstring."""
+  num_forced = max(len(getattr(model, 'decoder_prefix', ())) - 1, 0)
+  if max_new_tokens <= num_forced:
+    raise ValueError(f'max_new_tokens={max_new_tokens} leaves nothing to generate after the {num_forced} '
+                     f'forced decoder prefix token(s) (HF counts them as generated)')
+  return max_new_tokens - num_forced, num_forced, bool(getattr(model, 'forced_eos', False))
+
+
+def _pad_columns(tokens: jax.Array, width: int, pad: int) -> jax.Array:
+  """i32[..., n] -> i32[..., width], pad on the right (the columns of the forced tokens)."""
+  extra = width - tokens.shape[-1]
+  if not extra:
+    return tokens
+  return jnp.pad(tokens, [(0, 0)] * (tokens.ndim - 1) + [(0, extra)], constant_values=pad)
+
+
 # --- one token per row: greedy and sampling --------------------------------------------------------
 
 def _token_loop(model, poses, pose_mask, max_new_tokens: int, choose, rng=None):
   """Shared loop of greedy / sampling. choose(logits f32[B, V], key) -> i32[B]."""
-  logits, state = model.start_decode(poses, pose_mask, max_new_tokens)
+  n, _, forced_eos = _forced(model, max_new_tokens)
+  logits, state = model.start_decode(poses, pose_mask, n)
   # NNX modules must not be closed over by JAX control flow (an nnx.scan inside would see variables of a
   # foreign trace level): the model's variables travel in the loop carry and are merged inside the body.
   graphdef, variables = nnx.split(model)
   batch = logits.shape[0]
   eos, pad = model.eos_id, model.pad_id
-  tokens = jnp.full((batch, max_new_tokens), pad, jnp.int32)
+  tokens = jnp.full((batch, n), pad, jnp.int32)
   key = jax.random.key(0) if rng is None else rng
 
   def cond(carry):
     i, _, _, _, done, _ = carry
-    return (i < max_new_tokens) & ~jnp.all(done)
+    return (i < n) & ~jnp.all(done)
 
   def step(variables, state, token):
     return nnx.merge(graphdef, variables).decode_step(state, token)
@@ -104,16 +133,18 @@ def _token_loop(model, poses, pose_mask, max_new_tokens: int, choose, rng=None):
   def body(carry):
     i, logits, state, tokens, done, variables = carry
     next_token = choose(logits, jax.random.fold_in(key, i)).astype(jnp.int32)
+    if forced_eos:
+      next_token = jnp.where(i + 1 == n, eos, next_token)
     next_token = jnp.where(done, pad, next_token)
     tokens = tokens.at[:, i].set(next_token)
     done = done | (next_token == eos)
     # No model step after the last token (its cache slot does not exist).
-    logits, state = jax.lax.cond(i + 1 < max_new_tokens, step, lambda v, s, t: (logits, s),
+    logits, state = jax.lax.cond(i + 1 < n, step, lambda v, s, t: (logits, s),
                                  variables, state, next_token)
     return i + 1, logits, state, tokens, done, variables
 
   carry = (jnp.int32(0), logits, state, tokens, jnp.zeros((batch,), bool), variables)
-  return jax.lax.while_loop(cond, body, carry)[3]
+  return _pad_columns(jax.lax.while_loop(cond, body, carry)[3], max_new_tokens, pad)
 
 
 def greedy(model, poses, pose_mask, max_new_tokens: int):
@@ -122,7 +153,7 @@ def greedy(model, poses, pose_mask, max_new_tokens: int):
   Args:
     model: an SLT model (see the model contract).
     poses: f32[B, T, K, C]; pose_mask: bool[B, T].
-    max_new_tokens: tokens generated at most (EOS included).
+    max_new_tokens: tokens generated at most (EOS and forced prefix tokens included, as HF counts).
   Returns:
     i32[B, max_new_tokens]: generated ids; positions after EOS hold the pad id.
   """
@@ -167,7 +198,8 @@ def beam_search(model, poses, pose_mask, max_new_tokens: int, num_beams: int, *,
 
   Each step takes the top 2K continuations of all beams by accumulated log-probability; those ending in
   EOS (or reaching max_new_tokens) among the first K become finished hypotheses with score
-  sum_logprob / n ** length_penalty, n = generated tokens including the EOS; the best K unfinished ones go
+  sum_logprob / n ** length_penalty, n = generated tokens including the EOS and any forced prefix tokens
+  (module docstring; their log-probability is 0, as HF's forcing makes it); the best K unfinished ones go
   on. Stopping (early_stopping): True stops a row when K hypotheses are finished; False (HF's default)
   when the best running beam, scored at its current length, cannot beat the worst finished one; 'never'
   scores it at max_new_tokens when length_penalty > 0 (the canonical beam search with length_penalty=0).
@@ -178,7 +210,8 @@ def beam_search(model, poses, pose_mask, max_new_tokens: int, num_beams: int, *,
   (tokens i32[B, K, max_new_tokens], scores f32[B, K]) sorted best first.
   """
   early_stopping = _early_stopping(early_stopping)
-  k, n = num_beams, max_new_tokens
+  n, num_forced, forced_eos = _forced(model, max_new_tokens)
+  k = num_beams
   cands = 2 * k  # HF keeps max(2, 1 + number of EOS ids) * K candidates; we have one EOS id.
   eos, pad = model.eos_id, model.pad_id
   logits, state = model.start_decode(poses, pose_mask, n)
@@ -186,9 +219,12 @@ def beam_search(model, poses, pose_mask, max_new_tokens: int, num_beams: int, *,
   # Decode the source once, then give every beam its copy (rows b*K .. b*K+K-1).
   logits, state = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), (logits, state))
   graphdef, variables = nnx.split(model)  # carried through the loop, see _token_loop.
-  # Length-penalty denominators n ** lp for n = 1..max_new_tokens, in float64 then float32, as HF's
-  # Python-float power then float32 tensor division.
-  denom = jnp.asarray((np.arange(1, n + 1, dtype=np.float64) ** length_penalty).astype(np.float32))
+  # Length-penalty denominators len ** lp for the lengths after steps 0..n-1 (forced tokens counted), in
+  # float64 then float32, as HF's Python-float power then float32 tensor division.
+  lengths = np.arange(1, n + 1, dtype=np.float64) + num_forced
+  denom = jnp.asarray((lengths ** length_penalty).astype(np.float32))
+  # HF's ForcedEOSTokenLogitsProcessor on the log-probabilities of the last step.
+  eos_only = jnp.where(jnp.arange(vocab) == eos, 0.0, -jnp.inf).astype(jnp.float32)
   heuristic_at_max = early_stopping == 'never' and length_penalty > 0.0
   top_mask = jnp.arange(cands) < k
   key = jax.random.key(0) if rng is None else rng
@@ -201,6 +237,8 @@ def beam_search(model, poses, pose_mask, max_new_tokens: int, num_beams: int, *,
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     if rng is not None:
       logp = warp_logits(logp, temperature, top_k, top_p)
+    if forced_eos:
+      logp = jnp.where(t + 1 >= n, eos_only, logp)
     flat = (logp.reshape(b, k, vocab) + run_scores[:, :, None]).reshape(b, k * vocab)
     if rng is None:
       cand_scores, cand_idx = jax.lax.top_k(flat, cands)
@@ -258,6 +296,7 @@ def beam_search(model, poses, pose_mask, max_new_tokens: int, num_beams: int, *,
   fin_seqs, fin_scores = carry[5], carry[6]
   # Positions after EOS hold pad already (sequences start as pad); a hypothesis cut by max_new_tokens
   # has no EOS.
+  fin_seqs = _pad_columns(fin_seqs, max_new_tokens, pad)
   if return_all:
     return fin_seqs, fin_scores
   return fin_seqs[:, 0]
@@ -271,15 +310,24 @@ class TextSeq2Seq(nnx.Module):
     model = TextSeq2Seq(from_pretrained(path))
     tokens = generate(model, input_ids i32[B, S], attention_mask bool[B, S], config.decode)
 
-  decoder_prefix: ids fed before the first generated token (default: the decoder start token, like HF).
+  decoder_prefix: ids fed before the first generated token (default, like HF: the decoder start token, then
+  the checkpoint's forced_bos_token_id when it has one). forced_eos: HF's forced_eos_token_id (default: on
+  for (m)BART, whose HF configs set it to the EOS id, off for T5).
   """
 
-  def __init__(self, lm: nnx.Module, decoder_prefix: Optional[Sequence[int]] = None):
+  def __init__(self, lm: nnx.Module, decoder_prefix: Optional[Sequence[int]] = None,
+               forced_eos: Optional[bool] = None):
     cfg = lm.config
     self.lm = lm
     self.eos_id, self.pad_id = int(cfg.eos_token_id), int(cfg.pad_token_id)
     self.vocab_size = int(cfg.vocab_size)
-    self.decoder_prefix = tuple(int(i) for i in (decoder_prefix or (cfg.decoder_start_token_id,)))
+    if decoder_prefix is None:
+      forced_bos = getattr(cfg, 'forced_bos_token_id', None)
+      decoder_prefix = (cfg.decoder_start_token_id,) + (() if forced_bos is None else (forced_bos,))
+    self.decoder_prefix = tuple(int(i) for i in decoder_prefix)
+    if forced_eos is None:
+      forced_eos = getattr(cfg, 'model_type', '') in ('bart', 'mbart')
+    self.forced_eos = bool(forced_eos)
 
   def start_decode(self, input_ids: jax.Array, attention_mask: jax.Array, max_new_tokens: int):
     enc = self.lm.encode(input_ids=input_ids, attention_mask=attention_mask)

@@ -40,14 +40,15 @@ def _reference_attention(q, k, v, mask=None, bias=None, scale=1.0):
   return jnp.einsum('bhts,bshd->bthd', jax.nn.softmax(logits, -1), v)
 
 
-def test_gqa_matches_repeated_kv_reference():
-  got, want = jax.jit(_gqa)()
+@pytest.mark.parametrize('impl', ['einsum', 'xla', 'auto'])
+def test_gqa_matches_repeated_kv_reference(impl):
+  got, want = jax.jit(lambda: _gqa(impl))()
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
 
-def _gqa():
+def _gqa(impl):
   b, t, d, h, hk, hd = 2, 5, 16, 4, 2, 8
-  attn = L.Attention(d, h, hd, num_kv_heads=hk, rngs=nnx.Rngs(0))
+  attn = L.set_attention_impl(L.Attention(d, h, hd, num_kv_heads=hk, rngs=nnx.Rngs(0)), impl)
   x = _x((b, t, d))
   bias = _x((1, h, t, t), seed=1)
   mask = L.causal_mask(t)
@@ -69,6 +70,22 @@ def test_cross_attention_precomputed_kv():
   src2 = src.at[0, 4:].set(100.0)
   np.testing.assert_allclose(np.asarray(attn(x, src2, mask=mask))[0], np.asarray(attn(x, src, mask=mask))[0],
                              atol=1e-5)
+
+
+def test_attention_impls_agree_with_padding_mask_and_dropout_fallback():
+  b, t, s, d, h = 2, 4, 6, 16, 4
+  attn = L.Attention(d, h, 4, dropout=0.5, rngs=nnx.Rngs(0))
+  x, src = _x((b, t, d)), _x((b, s, d), seed=1)
+  mask = L.key_mask(jnp.array([[1] * 6, [1] * 3 + [0] * 3]))  # row 1 has 3 padded source positions
+  bias = _x((1, h, t, s), seed=2)
+  outs = {impl: L.set_attention_impl(attn, impl)(x, src, mask=mask, bias=bias) for impl in ('einsum', 'xla')}
+  np.testing.assert_allclose(np.asarray(outs['xla']), np.asarray(outs['einsum']), atol=1e-5)
+  # Training with attention dropout needs the weights: 'xla' then takes the einsum path (same dropout mask).
+  train = {impl: L.set_attention_impl(attn, impl)(x, src, mask=mask, rngs=nnx.Rngs(dropout=3))
+           for impl in ('einsum', 'xla')}
+  np.testing.assert_array_equal(np.asarray(train['xla']), np.asarray(train['einsum']))
+  with pytest.raises(ValueError, match='not one of'):
+    L.set_attention_impl(attn, 'flash')
 
 
 def test_kv_cache_incremental_equals_causal():

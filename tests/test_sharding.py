@@ -285,3 +285,19 @@ def test_logical_to_spec_divisibility_and_axis_reuse():
 
 if __name__ == '__main__':
   _child(sys.argv[1])
+
+
+def test_prefetch_to_device_keeps_order_and_places_ahead():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from slt_jax.train import sharding  # pylint: disable=g-import-not-at-top
+  placed = []
+  def put(b):
+    placed.append(b['i'])
+    return {'i': jnp.asarray(b['i'])}
+  batches = ({'i': i} for i in range(5))
+  it = sharding.prefetch_to_device(batches, 2, put)
+  host, dev = next(it)
+  assert host['i'] == 0 and int(dev['i']) == 0
+  assert placed == [0, 1, 2]  # two batches already on the device while step 0 runs
+  assert [h['i'] for h, _ in it] == [1, 2, 3, 4]
+  assert [h['i'] for h, _ in sharding.prefetch_to_device(({'i': i} for i in range(3)), 0, put)] == [0, 1, 2]

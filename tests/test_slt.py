@@ -72,7 +72,8 @@ def test_padding_frames_do_not_change_output(model):
 
 
 def test_frontend_downsamples_mask():
-  fe = PoseFrontEnd(K * C, 8, hidden=8, conv_layers=2, conv_stride=2, rngs=nnx.Rngs(0))
+  # Two residual blocks; only the first strides, so the front end downsamples time by conv_stride.
+  fe = PoseFrontEnd(K * C, 8, hidden=8, conv_layers=2, conv_stride=4, positions=True, rngs=nnx.Rngs(0))
   poses = jnp.ones((2, 11, K, C))
   mask = jnp.arange(11)[None] < jnp.array([[11], [5]])
   x, m = fe(poses, mask)

@@ -11,6 +11,7 @@ Conventions:
 import functools
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -203,6 +204,7 @@ class Attention(nnx.Module):
                         **kw)
     self.o_proj = dense(q_dim, d_model, ('heads', 'embed'), use_bias=out_bias, kernel_init=init('o_proj'), **kw)
     self.dropout = nnx.Dropout(dropout)
+    self.impl = 'einsum'  # see set_attention_impl
 
   def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """x: [B, S, d_model] -> k, v: [B, S, H_kv, D] (precompute cross-attention k/v once per source)."""
@@ -245,9 +247,27 @@ class Attention(nnx.Module):
   def _attend(self, q, k, v, mask, bias, rngs):
     """q [B,T,H,D], k/v [B,S,Hkv,D] -> [B,T,H,D]; logits and softmax in float32.
 
-    A plain einsum path (not jax.nn.dot_product_attention) because T5/BART need dropout on the
-    attention weights and both are the same XLA computation on CPU/GPU by default.
+    `self.impl` (set by `set_attention_impl`): 'einsum' is the explicit path below; 'xla' and 'cudnn' call
+    jax.nn.dot_product_attention with that implementation (cudnn = fused flash attention on NVIDIA GPUs);
+    'auto' takes cudnn where it applies (GPU, bf16/fp16, head_dim a multiple of 8 up to 128, and cuDNN
+    accepts the shapes when traced) and einsum elsewhere. Dropout on the attention weights (T5/BART
+    training) needs the weights, so a training call with attention dropout always takes the einsum path.
     """
+    training_dropout = rngs is not None and self.dropout.rate > 0
+    impl = 'einsum' if training_dropout else self.impl
+    if impl == 'auto':
+      impl = 'cudnn?' if _cudnn_eligible(q) else 'einsum'
+    if impl != 'einsum':
+      call = functools.partial(
+          jax.nn.dot_product_attention, q, k, v, scale=self.scale,
+          bias=None if bias is None else jnp.broadcast_to(bias, bias.shape[:4]),
+          mask=None if mask is None else mask.astype(bool))
+      if impl != 'cudnn?':
+        return call(implementation=impl)
+      try:
+        return call(implementation='cudnn')
+      except (ValueError, NotImplementedError, RuntimeError, TypeError) as e:  # raised while tracing
+        logging.log_first_n(logging.INFO, 'cuDNN attention does not apply (%s); using einsum.', 1, e)
     b, t, h, d = q.shape
     s, hk = k.shape[1], self.num_kv_heads
     g = h // hk
@@ -263,6 +283,25 @@ class Attention(nnx.Module):
     probs = probs.astype(v.dtype).reshape(b, hk, g, t, s)
     out = jnp.einsum('bkgts,bskd->btkgd', probs, v)
     return out.reshape(b, t, h, d)
+
+
+ATTENTION_IMPLS = ('einsum', 'auto', 'xla', 'cudnn')
+
+
+def _cudnn_eligible(q: jax.Array) -> bool:
+  d = q.shape[-1]
+  return (jax.default_backend() == 'gpu' and q.dtype in (jnp.bfloat16, jnp.float16) and d % 8 == 0
+          and d <= 128)
+
+
+def set_attention_impl(model: nnx.Module, impl: str) -> nnx.Module:
+  """Selects how every Attention in `model` computes (see Attention._attend); returns the model."""
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f'attention implementation {impl!r} is not one of {ATTENTION_IMPLS}')
+  for _, module in model.iter_modules():
+    if isinstance(module, Attention):
+      module.impl = impl
+  return model
 
 
 # --- masks and positions ---------------------------------------------------------------------------

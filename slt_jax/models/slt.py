@@ -29,16 +29,18 @@ class Seq2SeqSLT(nnx.Module):
   """Poses -> text with an encoder-decoder `lm` (t5.T5 or bart.Bart).
 
   prompt_ids: text tokens embedded with the lm's own embedding and put before the pose embeddings
-  (Uni-Sign style); decoder_prefix: token ids fed to the decoder before the first label.
+  (Uni-Sign style); decoder_prefix: token ids fed to the decoder before the first label. forced_eos: decoding
+  ends a row that reaches max_new_tokens with EOS (HF's forced_eos_token_id, set by (m)BART checkpoints).
   """
 
   def __init__(self, lm: nnx.Module, frontend: PoseFrontEnd, *, eos_id: int, pad_id: int,
-               decoder_prefix: Sequence[int], prompt_ids: Sequence[int] = ()):
+               decoder_prefix: Sequence[int], prompt_ids: Sequence[int] = (), forced_eos: bool = False):
     self.lm, self.frontend = lm, frontend
     self.eos_id, self.pad_id = int(eos_id), int(pad_id)
     self.vocab_size = int(lm.config.vocab_size)
     self.decoder_prefix = tuple(int(i) for i in decoder_prefix)
     self.prompt_ids = tuple(int(i) for i in prompt_ids)
+    self.forced_eos = bool(forced_eos)
 
   def encode(self, poses: jax.Array, pose_mask: jax.Array, rngs=None) -> tuple[jax.Array, jax.Array]:
     """poses f32[B, T, K, C], pose_mask bool[B, T] -> encoder states [B, S, d], mask bool[B, S]."""
@@ -123,6 +125,7 @@ def build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs) -> nnx.M
   """The SLT model of the contract; pose_dim = K * C. Decoder-only families go to causal_slt.CausalSLT.
   With model.use_lora the backbone gets (Q)LoRA adapters (lora.apply_from_config)."""
   model = _build_model(config, vocab_size, pose_dim, rngs)
+  L.set_attention_impl(model, config.model.attention)
   if config.model.use_lora:
     lora.apply_from_config(model.lm, config, rngs)
   return model
@@ -137,8 +140,8 @@ def _build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs) -> nnx.
   cfg = lm.config
   dtype, param_dtype = _dtypes(config)
   frontend = PoseFrontEnd(pose_dim, cfg.d_model, hidden=mc.pose.hidden, conv_layers=mc.pose.conv_layers,
-                          conv_stride=mc.pose.conv_stride, dropout=mc.pose.dropout, dtype=dtype,
-                          param_dtype=param_dtype, rngs=rngs)
+                          conv_stride=mc.pose.conv_stride, positions=mc.pose.positions, dropout=mc.pose.dropout,
+                          dtype=dtype, param_dtype=param_dtype, rngs=rngs)
   prefix = [cfg.decoder_start_token_id]
   forced = getattr(cfg, 'forced_bos_token_id', None)
   tgt_lang = mc.get('tgt_lang', '')
@@ -154,4 +157,4 @@ def _build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs) -> nnx.
   if forced is not None:
     prefix.append(forced)
   return Seq2SeqSLT(lm, frontend, eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id, decoder_prefix=prefix,
-                    prompt_ids=prompt_ids)
+                    prompt_ids=prompt_ids, forced_eos=family in ('bart', 'mbart'))

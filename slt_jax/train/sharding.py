@@ -9,7 +9,9 @@ test models run on any mesh.
   train = jit_train_step(partial(step.train_step, graphdef=..., tx=...), shardings, rest, mesh)
   state, metrics = train(state, global_batch(host_batch, batch_sharding(mesh)))
 """
+import collections
 import contextlib
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -201,3 +203,19 @@ def global_batch(batch: dict, sharding, keys=None) -> dict:
       if list(v.shape) != target:
         arrays[k] = np.pad(v, [(0, t - s) for s, t in zip(v.shape, target)])
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in arrays.items()}
+
+
+def prefetch_to_device(batches: Iterator[dict], size: int, put: Callable[[dict], dict]):
+  """Yields (host_batch, put(host_batch)) with `size` batches placed ahead of the one being consumed.
+
+  jax transfers are asynchronous, so placing the next batches while the current step runs lets the copy
+  to the accelerator overlap compute (flax's prefetch_to_device, for sharded global batches). size 0 =
+  place each batch when it is needed.
+  """
+  queue = collections.deque()
+  for batch in batches:
+    queue.append((batch, put(batch)))
+    if len(queue) > size:
+      yield queue.popleft()
+  while queue:
+    yield queue.popleft()

@@ -193,6 +193,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if is_main:
     write_json(os.path.join(workdir, 'config.json'), json.loads(config.to_json_best_effort()))
   writer = metric_writers.create_default_writer(os.path.join(workdir, 'tensorboard'), just_logging=not is_main)
+  if t.use_wandb and is_main:  # W&B next to TensorBoard; wandb is an optional dependency, imported only here.
+    from slt_jax.train import wandb_writer  # pylint: disable=g-import-not-at-top
+    writer = metric_writers.MultiWriter([writer, wandb_writer.create(config, workdir)])
   ckpt = checkpoint_lib.Checkpoints(workdir, keep=t.keep_checkpoints, best_metric=t.best_metric)
 
   state = run.state
@@ -215,7 +218,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   batch_sharding = sharding_lib.batch_sharding(run.mesh)
   lr_schedule = optim.learning_rate_schedule(config, num_steps)
 
-  train_iter = run.splits['train'].iterator(start_step=start_step)
+  train_iter = sharding_lib.prefetch_to_device(
+      run.splits['train'].iterator(start_step=start_step), config.data.prefetch_to_device,
+      functools.partial(_device_batch, sharding=batch_sharding))
   meta = lambda step: {'step': step, 'data_position': step}  # batches are a function of the step (exact resume).
   last_log_time, last_log_step, pending = time.time(), start_step, []
   val_metrics = {}  # step -> validation metrics of this process's evaluations
@@ -224,8 +229,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   step = start_step
   with _StopRequest() as stop:
     while step < num_steps:
-      batch = next(train_iter)
-      state, metrics = train_fn(state, _device_batch(batch, batch_sharding))
+      batch, device_batch = next(train_iter)
+      state, metrics = train_fn(state, device_batch)
       step += 1
       pending.append((metrics, _batch_counts(batch)))
       if is_main and batch['poses'].shape not in step_flops:  # once per batch shape: one trace, no compile
@@ -282,7 +287,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if stop.requested(step) and step < num_steps:
         ckpt.save(step, state, meta(step), force=True)
         ckpt.wait()
-        writer.flush()
+        writer.close()  # (ends the W&B run too)
         logging.warning('Stopped at step %d on request; checkpoint written to %s/checkpoints. Rerun the same '
                         'command to resume.', step, workdir)
         raise SystemExit(PREEMPTED_EXIT_CODE)
@@ -297,7 +302,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       results[split] = val_metrics[best_step]  # already decoded with these very parameters
     elif split in run.splits:
       results[split] = evaluate_split(run, split, best_state.params, best_step, writer, decode_fn)
-  writer.flush()
+  writer.close()  # (ends the W&B run too)
   ckpt.close()
   return results
 
