@@ -27,14 +27,15 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # torch is only a numerical oracle in tests. Pinned to the CPU wheel release: a bare `torch`
     # requirement makes pip resolve a multi-GB CUDA build.
-    "test": ["pytest>=8", "torch==2.13.0", "peft>=0.15"],
+    "test": ["pytest>=8", "torch==2.13.0", "peft>=0.15"],  # + lora, datasets, wandb (below)
     # LoRA / QLoRA on NNX.
     "lora": ["qwix>=0.1.8"],
-    # TFDS builders of public sign language corpora (PHOENIX-2014T, DGS Corpus, ...).
-    "datasets": ["sign-language-datasets>=0.4"],
+    # TFDS builders of public sign language corpora (PHOENIX-2014T, DGS Corpus, ...). tensorflow-datasets
+    # 4.9's download_and_prepare imports `importlib_resources`, which it declares for Python < 3.9 only.
+    "datasets": ["sign-language-datasets>=0.4", "importlib_resources>=5"],
     "wandb": ["wandb"],
 }
-EXTRAS["test"] += EXTRAS["lora"]
+EXTRAS["test"] += EXTRAS["lora"] + EXTRAS["datasets"] + EXTRAS["wandb"]
 
 setup(
     name="slt_jax",

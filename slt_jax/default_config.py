@@ -35,13 +35,18 @@ def get_config():
   # Pose front end: flattened keypoints [B, T, K*C] -> linear -> optional strided temporal conv.
   config.model.pose = ml_collections.ConfigDict(dict(
       hidden=256,             # width of the front end before projecting to the encoder width.
-      conv_layers=1,          # temporal conv layers (kernel 5); each with stride `conv_stride`.
-      conv_stride=2,          # temporal downsampling per conv layer (1 = none).
+      conv_layers=1,          # residual temporal conv blocks (kernel 5); the first has stride `conv_stride`.
+      conv_stride=2,          # temporal downsampling of the front end (1 = none).
+      positions=True,         # add sinusoidal frame positions to its output (seq2seq: T5/BART encoders).
       dropout=0.1,
   ))
   config.model.prompt = ''          # optional text prompt prefix (Uni-Sign style / decoder-only instruction).
   config.model.tgt_lang = ''        # mBART(-50) target language code (e.g. 'de_DE'): forced first decoder token.
   config.model.remat = 'none'       # rematerialisation policy: none | full | dots.
+  # Attention kernel: auto (cuDNN flash attention through jax.nn.dot_product_attention on GPUs in bf16/fp16,
+  # einsum elsewhere) | einsum (explicit softmax(QK^T)V) | xla | cudnn (jax.nn.dot_product_attention with that
+  # implementation; cudnn fails where cuDNN does not apply). Training with attention dropout uses einsum.
+  config.model.attention = 'auto'
   config.model.scan_layers = True   # stack layers with nnx.scan (compiles deep models in seconds).
   # Decoder-only families (llama | mistral | qwen2 | gemma): front end -> these layers -> projector -> LLM.
   config.model.pose_encoder = ml_collections.ConfigDict(dict(
@@ -52,11 +57,28 @@ def get_config():
 
   # --- data --------------------------------------------------------------------------------------
   config.data = ml_collections.ConfigDict()
+  config.data.source = 'csv'        # csv: the CSV files below + pose_dir | tfds: a TFDS builder (data.tfds).
   config.data.train_path = ''       # CSV with `uid` (or `video_path`) and `text` columns.
   config.data.val_path = ''
   config.data.test_path = ''
   config.data.pose_dir = ''         # pose file of a row: pose_dir/uid.pose
   config.data.cache_dir = ''        # where preprocessed shards go; '' = WORKDIR/cache.
+  # data.source='tfds': a TFDS builder, e.g. a sign-language-datasets corpus ('slt_jax[datasets]' extra).
+  config.data.tfds = ml_collections.ConfigDict(dict(
+      name='',             # builder: 'rwth_phoenix2014_t', 'dgs_corpus', ...
+      config='',           # a named builder config ('poses'); '' = a new one made from config_kwargs.
+      # With config='': kwargs of the builder's config class (SignDatasetConfig, DgsCorpusConfig:
+      # include_pose, include_video, fps, data_type, split, ...); free-form. Empty = the builder's default.
+      config_kwargs=ml_collections.ConfigDict(dict(include_video=False, include_pose='holistic')),
+      data_dir='',         # TFDS data_dir; '' = TFDS's default (~/tensorflow_datasets).
+      download=True,       # download_and_prepare the dataset when it is not prepared yet.
+      # TFDS split specs (slices work: 'train[:95%]'); '' = no such split.
+      train_split='train', val_split='validation', test_split='test',
+      text_key='text',     # target text feature; nested with '/' (dgs_corpus sentences: 'sentence/english').
+      pose_key='pose',     # pose feature ({data [T, N, P, D], conf [T, N, P], fps}).
+      id_key='id',         # example id (the uid in reports); '' = '<split>#<index>'.
+      pose_header='',      # .pose / .poseheader naming the pose's points; '' = the builder's own header.
+  ))
   # The embedded synthetic sign language (configs/demo.py turns it on): generated into WORKDIR/data
   # on first use and the paths above are filled in from it.
   config.data.synthetic = ml_collections.ConfigDict(dict(
@@ -70,6 +92,7 @@ def get_config():
   config.data.frame_stride = 1           # keep every n-th frame.
   config.data.max_target_length = 64     # target tokens incl. EOS; longer targets are truncated.
   config.data.bucket_boundaries = (32, 64, 96, 128, 192, 256)  # frame-count buckets (padding cut).
+  config.data.prefetch_to_device = 2     # batches placed on the devices ahead of the step (0 = off).
   config.data.augment = True             # training-time augmentation.
   config.data.augmentations = ml_collections.ConfigDict(dict(  # used when `augment` (slt_jax/data/augment.py).
       rotate=0.1,          # max rotation in the image plane (radians).
@@ -114,6 +137,12 @@ def get_config():
   config.training.seed = 42
   config.training.peak_tflops = 0.0  # device peak for MFU; 0 = known GPUs (A100, H100, H200), else no MFU.
   config.training.max_consecutive_nonfinite = 10  # stop after this many NaN/Inf updates in a row.
+  # Weights & Biases, next to TensorBoard (always written), from process 0; needs `pip install -e '.[wandb]'`.
+  config.training.use_wandb = False
+  config.training.wandb_project = 'slt_jax'
+  config.training.wandb_entity = ''       # '' = the W&B login's default entity.
+  config.training.wandb_run_name = ''     # '' = the workdir's name (the run id is kept in WORKDIR/wandb/run_id).
+  config.training.wandb_mode = 'offline'  # offline (no network; `wandb sync` uploads it later) | online.
 
   # --- decoding ----------------------------------------------------------------------------------
   config.decode = ml_collections.ConfigDict()
@@ -138,7 +167,7 @@ def get_config():
 
 
 # Sub-trees whose fields are free-form (HF config.json fields, passed through to the model family).
-_FREE_FORM = ('model.arch',)
+_FREE_FORM = ('model.arch', 'data.tfds.config_kwargs')
 
 
 class ConfigError(ValueError):
@@ -188,15 +217,28 @@ def validate(config, require_data: bool = True) -> None:
   if t.batch_size % t.gradient_accumulation_steps:
     raise ConfigError(f'training.batch_size={t.batch_size} is not divisible by '
                       f'training.gradient_accumulation_steps={t.gradient_accumulation_steps}')
+  for field, allowed in (('attention', ('auto', 'einsum', 'xla', 'cudnn')), ('remat', ('none', 'full', 'dots'))):
+    if m[field] not in allowed:
+      raise ConfigError(f'model.{field} must be one of {allowed}, got {m[field]!r}')
   if t.mixed_precision not in ('no', 'bf16', 'fp16'):
     raise ConfigError(f"training.mixed_precision must be 'no' or 'bf16', got {t.mixed_precision!r}")
+  if t.wandb_mode not in ('offline', 'online'):
+    raise ConfigError(f"training.wandb_mode must be 'offline' or 'online', got {t.wandb_mode!r}")
   sizes = {a: config.mesh[a] for a in _MESH_AXES}
   if any(v == 0 or v < -1 for v in sizes.values()) or list(sizes.values()).count(-1) > 1:
     raise ConfigError(f'config.mesh {sizes}: each size must be positive, and at most one may be -1 (the rest '
                       'of the devices)')
   if -1 not in sizes.values():  # with -1 the data-parallel size is known only with the devices (validate_devices)
     _check_batch_divisible(config, sizes['data'] * sizes['fsdp'], sizes)
-  if require_data and not (config.data.synthetic.enabled or config.data.train_path):
+  d = config.data
+  if d.source not in ('csv', 'tfds'):
+    raise ConfigError(f"data.source must be 'csv' or 'tfds', got {d.source!r}")
+  if d.source == 'tfds' and d.synthetic.enabled:
+    raise ConfigError("data.synthetic.enabled generates CSV files: it needs data.source='csv'")
+  if require_data and d.source == 'tfds' and not (d.tfds.name and d.tfds.train_split):
+    raise ConfigError("data.source='tfds' needs data.tfds.name (e.g. 'rwth_phoenix2014_t') and "
+                      'data.tfds.train_split')
+  if require_data and d.source == 'csv' and not (d.synthetic.enabled or d.train_path):
     raise ConfigError('set data.train_path (a CSV with uid,text) or turn on data.synthetic.enabled')
 
 
