@@ -63,7 +63,8 @@ def main(argv):
   step_fn = jax.jit(
       lambda s, r, b: step_lib.train_step(s, b, graphdef=graphdef, rest=r, tx=tx,
                                           label_smoothing=config.training.label_smoothing,
-                                          grad_accum=config.training.gradient_accumulation_steps),
+                                          grad_accum=config.training.gradient_accumulation_steps,
+                                          rng_impl=step_lib.dropout_rng_impl(config.training.dropout_rng)),
       in_shardings=(shardings, rest_shardings, sharding_lib.batch_sharding(mesh)),
       out_shardings=(shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
   host_batch = synthetic_batch(batch_size, _FRAMES.value, _KEYPOINTS.value, _COORDS.value, _TARGET.value, vocab)

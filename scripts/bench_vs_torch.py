@@ -65,8 +65,9 @@ def bench_ours(batch):
   tx = optim.make_optimizer(config, 1000)
   graphdef, state, rest, shardings = sharding.create_sharded_state(
       lambda: slt.build_model(config, VOCAB, KEYPOINTS * COORDS, rngs=nnx.Rngs(params=0)), tx, mesh, seed=0)
-  fn = jax.jit(lambda s, r, b: step_lib.train_step(s, b, graphdef=graphdef, rest=r, tx=tx, label_smoothing=0.0),
-               donate_argnums=0)
+  rng_impl = step_lib.dropout_rng_impl(config.training.dropout_rng)  # what the trainer uses (rbg on CPU)
+  fn = jax.jit(lambda s, r, b: step_lib.train_step(s, b, graphdef=graphdef, rest=r, tx=tx, label_smoothing=0.0,
+                                                   rng_impl=rng_impl), donate_argnums=0)
   device_batch = jax.device_put(batch)
   holder = {'state': state}
 

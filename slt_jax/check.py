@@ -84,7 +84,8 @@ def memory_plan(config, graphdef, state, rest, state_shardings, tx, mesh, batch_
   # The trainer's step (sharding.jit_train_step), lowered here on abstract inputs instead of called.
   step = jax.jit(
       lambda s, r, b: step_lib.train_step(s, b, graphdef=graphdef, rest=r, tx=tx, label_smoothing=t.label_smoothing,
-                                          grad_accum=t.gradient_accumulation_steps),
+                                          grad_accum=t.gradient_accumulation_steps,
+                                          rng_impl=step_lib.dropout_rng_impl(t.dropout_rng)),
       in_shardings=(state_shardings, jax.tree.map(lambda x: x.sharding, rest), batch_sharding),
       out_shardings=(state_shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
   stats = step.lower(state, rest, batch).compile().memory_analysis()

@@ -138,6 +138,7 @@ def get_config():
   config.training.peak_tflops = 0.0  # device peak for MFU; 0 = known GPUs (A100, H100, H200), else no MFU.
   config.training.max_consecutive_nonfinite = 10  # stop after this many NaN/Inf updates in a row.
   # Weights & Biases, next to TensorBoard (always written), from process 0; needs `pip install -e '.[wandb]'`.
+  config.training.dropout_rng = 'auto'    # dropout masks' PRNG: auto (rbg on CPU, else threefry) | threefry | rbg
   config.training.use_wandb = False
   config.training.wandb_project = 'slt_jax'
   config.training.wandb_entity = ''       # '' = the W&B login's default entity.
@@ -222,6 +223,8 @@ def validate(config, require_data: bool = True) -> None:
       raise ConfigError(f'model.{field} must be one of {allowed}, got {m[field]!r}')
   if t.mixed_precision not in ('no', 'bf16', 'fp16'):
     raise ConfigError(f"training.mixed_precision must be 'no' or 'bf16', got {t.mixed_precision!r}")
+  if t.dropout_rng not in ('auto', 'threefry', 'rbg'):
+    raise ConfigError(f"training.dropout_rng must be 'auto', 'threefry' or 'rbg', got {t.dropout_rng!r}")
   if t.wandb_mode not in ('offline', 'online'):
     raise ConfigError(f"training.wandb_mode must be 'offline' or 'online', got {t.wandb_mode!r}")
   sizes = {a: config.mesh[a] for a in _MESH_AXES}

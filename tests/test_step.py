@@ -112,3 +112,15 @@ def test_nonfinite_batch_is_skipped(setup):
     np.testing.assert_array_equal(a, b)
   good, metrics = step_lib.train_step(new, _batch(3), graphdef=graphdef, rest=rest, tx=tx, label_smoothing=0.0)
   assert int(metrics['nonfinite_count']) == 0
+
+
+def test_rbg_dropout_is_reproducible_and_differs_from_threefry(setup):
+  graphdef, rest, tx, state = setup
+  batch = _batch(4)
+  loss = lambda impl: float(step_lib.train_step(state, batch, graphdef=graphdef, rest=rest, tx=tx,
+                                                label_smoothing=0.0, rng_impl=impl)[1]['loss'])
+  rbg = loss('rbg')
+  assert rbg == loss('rbg')            # same state key -> same masks
+  assert rbg != loss('threefry')       # another mask stream
+  assert step_lib.dropout_rng_impl('auto') == 'rbg'  # this test runs on CPU
+  assert step_lib.dropout_rng_impl('threefry') == 'threefry'

@@ -58,7 +58,29 @@ def _split_microbatches(batch, num_micro: int):
   return jax.tree.map(split, batch)
 
 
-def train_step(state: TrainState, batch, *, graphdef, rest, tx, label_smoothing: float, grad_accum: int = 1):
+def dropout_rng_impl(setting: str) -> str:
+  """training.dropout_rng -> the PRNG of the dropout masks: 'auto' is rbg on CPU (where threefry masks cost
+  as much as a small model's matmuls) and threefry on accelerators (cheap there, and it shards without
+  replicating the mask generation)."""
+  if setting == 'auto':
+    return 'rbg' if jax.default_backend() == 'cpu' else 'threefry'
+  return setting
+
+
+def dropout_key(step_rng: jax.Array, impl: str = 'threefry') -> jax.Array:
+  """The dropout key of a step from the state's threefry key: itself, or an `impl` ('rbg') key seeded by it.
+
+  Why rbg: dropout masks drawn with threefry cost about as much as the matmuls of a small model on a CPU;
+  XLA's RngBitGenerator (rbg) is several times cheaper there. The state keeps a threefry key either way,
+  so checkpoints do not depend on the choice.
+  """
+  if impl == 'threefry':
+    return step_rng
+  return jax.random.wrap_key_data(jax.random.bits(step_rng, (4,), jnp.uint32), impl=impl)
+
+
+def train_step(state: TrainState, batch, *, graphdef, rest, tx, label_smoothing: float, grad_accum: int = 1,
+               rng_impl: str = 'threefry'):
   """One optimizer step (with `grad_accum` micro-batches scanned sequentially).
 
   Args:
@@ -66,10 +88,12 @@ def train_step(state: TrainState, batch, *, graphdef, rest, tx, label_smoothing:
     batch: the contract's batch dict: poses f32[B, T, K, C], pose_mask bool[B, T], labels i32[B, L],
       label_mask bool[B, L], ...
     graphdef, rest: the static model graph and its non-trained variables.
+    rng_impl: PRNG of the dropout masks ('threefry' | 'rbg', see dropout_key).
   Returns:
     (new state, metrics dict of scalars: loss, num_tokens, grad_norm, nonfinite_count).
   """
   rng, step_rng = jax.random.split(state.rng)
+  step_rng = dropout_key(step_rng, rng_impl)
   model_batch = {k: batch[k] for k in ('poses', 'pose_mask', 'labels', 'label_mask')}
 
   def loss_fn(params, micro, key):
