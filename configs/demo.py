@@ -32,15 +32,15 @@ def get_config():
   config.model.arch.dropout_rate = 0.1
   config.model.pose.hidden = 192
   config.model.pose.conv_layers = 4  # residual conv blocks: sign-level features before the encoder.
-  config.model.pose.conv_stride = 2
+  config.model.pose.conv_stride = 4  # ~4 encoder positions per sign; a quarter of the encoder's work.
 
-  config.training.num_train_steps = 1500
+  config.training.num_train_steps = 1200
   config.training.batch_size = 32
   config.training.learning_rate = 1e-3
   config.training.warmup_steps = 100
   config.training.label_smoothing = 0.1
   config.training.log_every_steps = 50
-  config.training.eval_every_steps = 500
+  config.training.eval_every_steps = 600
   config.training.checkpoint_every_steps = 250
   config.decode.max_new_tokens = 24
   return config

@@ -31,6 +31,7 @@ def resolve_data_paths(config, workdir: str):
 def make_inputs(config, workdir: str, splits=None):
   """(tokenizer, {split: pipeline.SplitData}) for the splits whose paths are set (default: all)."""
   config = resolve_data_paths(config, workdir)
-  tokenizer = tokenizer_lib.get_tokenizer(config, workdir)
+  # A CSV source: the tokenizer reads the CSV's texts itself; TFDS: the training split's (lazily).
+  tokenizer = tokenizer_lib.get_tokenizer(config, workdir, texts=pipeline.train_texts(config, workdir))
   datasets = pipeline.make_datasets(config, tokenizer, workdir, splits=splits)
   return tokenizer, datasets

@@ -1,4 +1,4 @@
-"""tf.data input pipeline: CSV + .pose files -> cached shards -> padded, bucketed numpy batches.
+"""tf.data input pipeline: CSV + .pose files (or a TFDS builder) -> cached shards -> padded, bucketed batches.
 
 Usage (what the trainer does):
 
@@ -21,7 +21,9 @@ Each batch (per host: global batch size / number of hosts rows):
 How: each split is preprocessed once (pose_io in Python) into TFRecord shards under
 `config.data.cache_dir or WORKDIR/cache`, in a folder keyed by a hash of the CSV bytes, pose_dir and
 the pose options (a changed CSV or option builds a new cache; rewriting .pose files in place does not:
-delete the folder). Train (exact resume: batch k is a pure function of (training.seed, host, k), so a
+delete the folder); with `data.source='tfds'` (tfds_source.py) by the builder, its config, version,
+split and feature keys instead of the CSV.
+Train (exact resume: batch k is a pure function of (training.seed, host, k), so a
 run resumed at step k sees the batches k, k+1, ... of an uninterrupted run, at a cost independent of
 k): the host's examples are held in memory (memory-mapped when large); a numpy batch plan per epoch
 (seeded permutation, speed/frame-dropout draws, length sorting within pools of batches, shuffled
@@ -35,6 +37,7 @@ Per-host split: `shard_index, num_shards` (default jax.process_index() / process
 reads rows h, h + n, h + 2n, ... of each split.
 """
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -109,20 +112,16 @@ def make_datasets(config, tokenizer, workdir: str, *, splits=None, shard_index: 
                   num_shards: int | None = None) -> dict[str, SplitData]:
   """Builds (or reuses) each split's cache and returns its SplitData.
 
-  splits: names among ('train', 'val', 'test') whose `config.data.<name>_path` is set (default: all
-    that are set). Writes WORKDIR/skipped_rows.json ({split: {reason: [uid]}}) from host 0.
+  splits: names among ('train', 'val', 'test') that the source has (default: all it has): with
+    `data.source='csv'` those whose `config.data.<name>_path` is set, with 'tfds' those whose
+    `data.tfds.<name>_split` is. Writes WORKDIR/skipped_rows.json ({split: {reason: [uid]}}) from host 0.
   """
   if shard_index is None or num_shards is None:
     import jax  # pylint: disable=g-import-not-at-top
     shard_index, num_shards = jax.process_index(), jax.process_count()
-  d = config.data
-  splits = [s for s in (splits or SPLITS) if d.get(f'{s}_path', '')]
-  options = pose_io.PoseOptions.from_config(d)
-  cache_root = d.get('cache_dir', '') or os.path.join(workdir, 'cache')
   out, reports = {}, {}
-  for split in splits:
-    cache = _build_cache(split, d[f'{split}_path'], d.pose_dir, options, cache_root,
-                         d.get('text_column', 'text'), d.get('num_workers', 1))
+  for split, source in _split_sources(config, splits).items():
+    cache = _build_cache(split, source, _cache_root(config, workdir))
     reports[split] = cache.meta['skipped']
     if split == 'train':
       out[split] = _train_split(config, tokenizer, cache, shard_index, num_shards)
@@ -133,8 +132,68 @@ def make_datasets(config, tokenizer, workdir: str, *, splits=None, shard_index: 
   return out
 
 
+def train_texts(config, workdir: str) -> Iterator[str] | None:
+  """Texts to train a tokenizer on when the source is not a CSV the tokenizer reads itself (None then).
+
+  Lazy: the training split's cache is built (or read) only if the texts are consumed.
+  """
+  if config.data.get('source', 'csv') == 'csv':
+    return None
+
+  def texts():
+    source = _split_sources(config, ['train']).get('train')
+    if source is None:
+      raise ValueError('training a tokenizer needs a training split (data.tfds.train_split)')
+    yield from (r.text for r in _build_cache('train', source, _cache_root(config, workdir)).rows)
+  return texts()
+
+
+def _cache_root(config, workdir: str) -> str:
+  return config.data.get('cache_dir', '') or os.path.join(workdir, 'cache')
+
+
 # ------------------------------------------------------------------------------------------------
-# Cache: one folder of TFRecord shards + meta.json per (split, CSV, pose options).
+# Sources: where a split's examples come from (`config.data.source`), and what keys its cache.
+# ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Source:
+  key: str                      # cache folder suffix: a digest of everything that decides the examples
+  where: str                    # for messages
+  meta: dict                    # stored in the cache's meta.json (csv_path + pose_dir, or tfds)
+  options: pose_io.PoseOptions
+  load: Callable[[], tuple]     # () -> (rows, arrays, skipped) as sources.load_split
+
+
+def _split_sources(config, splits=None) -> dict[str, _Source]:
+  """The one place that dispatches on `config.data.source`: the configured splits among `splits`."""
+  d = config.data
+  options = pose_io.PoseOptions.from_config(d)
+  wanted = splits or SPLITS
+  source = d.get('source', 'csv')
+  if source == 'tfds':
+    from slt_jax.data import tfds_source  # pylint: disable=g-import-not-at-top  (optional extra)
+    src = tfds_source.TfdsSource(d.tfds)
+    return {s: _Source(key=src.cache_key(s, options), where=src.describe(s),
+                       meta={'tfds': {'name': d.tfds.name, 'split': src.split_spec(s)}}, options=options,
+                       load=functools.partial(src.load_split, s, options))
+            for s in wanted if src.split_spec(s)}
+  if source != 'csv':
+    raise ValueError(f"data.source must be 'csv' or 'tfds', got {source!r}")
+  text_column = d.get('text_column', 'text')
+  out = {}
+  for s in wanted:
+    path = d.get(f'{s}_path', '')
+    if path:
+      out[s] = _Source(
+          key=_cache_key(path, d.pose_dir, options, text_column), where=f'{path} (pose_dir {d.pose_dir})',
+          meta={'csv_path': os.path.abspath(path), 'pose_dir': os.path.abspath(d.pose_dir)}, options=options,
+          load=functools.partial(sources.load_split, path, d.pose_dir, options, text_column=text_column,
+                                 num_workers=d.get('num_workers', 1), split=s))
+  return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Cache: one folder of TFRecord shards + meta.json per (split, source, pose options).
 # ------------------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class _Cache:
@@ -147,8 +206,9 @@ class _Cache:
 
   @property
   def rows(self) -> list:
+    pose_dir = self.meta.get('pose_dir', '')  # none for TFDS examples
     return [sources.Row(uid=r['uid'], text=r['text'],
-                        pose_path=os.path.join(self.meta['pose_dir'], r['uid'] + '.pose'),
+                        pose_path=os.path.join(pose_dir, r['uid'] + '.pose') if pose_dir else '',
                         extra=r.get('extra', {})) for r in self.meta['rows']]
 
 
@@ -160,18 +220,17 @@ def _cache_key(csv_path, pose_dir, options: pose_io.PoseOptions, text_column) ->
   return h.hexdigest()[:16]
 
 
-def _build_cache(split, csv_path, pose_dir, options, cache_root, text_column, num_workers) -> _Cache:
-  path = os.path.join(cache_root, f'{split}-{_cache_key(csv_path, pose_dir, options, text_column)}')
+def _build_cache(split, source: _Source, cache_root) -> _Cache:
+  path = os.path.join(cache_root, f'{split}-{source.key}')
   meta_path = os.path.join(path, 'meta.json')
   if os.path.exists(meta_path):
     with open(meta_path) as f:
       logging.info('%s: using cached examples in %s', split, path)
       return _Cache(path, json.load(f))
 
-  rows, arrays, skipped = sources.load_split(csv_path, pose_dir, options, text_column=text_column,
-                                             num_workers=num_workers, split=split)
+  rows, arrays, skipped = source.load()
   if not rows:
-    raise ValueError(f'{split}: no usable rows in {csv_path} (pose_dir {pose_dir}); skipped: '
+    raise ValueError(f'{split}: no usable rows in {source.where}; skipped: '
                      f'{ {k: len(v) for k, v in skipped.items() if v} }')
   # Write into a private folder, then rename: concurrent hosts never see a half-written cache.
   tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
@@ -185,8 +244,7 @@ def _build_cache(split, csv_path, pose_dir, options, cache_root, text_column, nu
       for index in range(i * per_file, min(len(arrays), (i + 1) * per_file)):
         writer.write(_serialize(index, arrays[index]))
   k, c = arrays[0].points.shape[1:]
-  meta = {'split': split, 'csv_path': os.path.abspath(csv_path),
-          'pose_dir': os.path.abspath(pose_dir), 'options': dataclasses.asdict(options),
+  meta = {'split': split, **source.meta, 'options': dataclasses.asdict(source.options),
           'num_examples': len(rows), 'num_points': int(k), 'num_coords': int(c),
           'lengths': [int(a.points.shape[0]) for a in arrays], 'bytes': int(total), 'files': files,
           'rows': [{'uid': r.uid, 'text': r.text, 'extra': r.extra} for r in rows],
@@ -459,7 +517,7 @@ def _train_split(config, tokenizer, cache: _Cache, shard_index, num_shards) -> S
     if names is None:
       raise ValueError('augmentations.mirror needs a keypoint preset (data.keypoints)')
     mirror_perm = kp_lib.mirror_permutation(names)
-  # Hosts draw independent plans; the TF seed of the spatial augmentation is (seed, host, step).
+  # Hosts draw independent plans; the spatial augmentation of batch `step` is seeded by (seed, host, step).
   seed = int(t.seed) * 1_000_003 + shard_index
   plan = _BatchPlan(_host_examples(cache, shard_index, num_shards), batch, bounds, seed,
                     speed=aug.get('speed', 0.0), frame_dropout=aug.get('frame_dropout', 0.0))
@@ -467,23 +525,29 @@ def _train_split(config, tokenizer, cache: _Cache, shard_index, num_shards) -> S
                'frames', shard_index, plan.num_examples, plan.batches_per_epoch, batch,
                sorted(set(plan.epoch(0)['frames'].tolist())), 100 * plan.padding_fraction(0))
 
+  batch_fn = plan
+  if aug:
+    spatial = functools.partial(
+        augment.spatial_numpy, rotate=aug.get('rotate', 0.0), scale=aug.get('scale', 0.0),
+        shear=aug.get('shear', 0.0), noise=aug.get('noise', 0.0), mirror_perm=mirror_perm, inplace=True)
+
+    def batch_fn(step):
+      """The plan's batch `step` augmented in place (its fresh arrays), seeded by (seed, step)."""
+      points, visible, index, length = plan(step)
+      points, visible = spatial(points, visible, (seed, int(step)))
+      return points, visible, index, length
+
   def make(start_step: int) -> tf.data.Dataset:
     table_t, lengths_t = tf.constant(table), tf.constant(lengths)
 
     def load(step):
       points, visible, index, length = tf.numpy_function(
-          plan, [step], (tf.float32, tf.bool, tf.int32, tf.int32), stateful=False)
+          batch_fn, [step], (tf.float32, tf.bool, tf.int32, tf.int32), stateful=False)
       points.set_shape([batch, None, k, c])
       visible.set_shape([batch, None, k])
       index.set_shape([batch])
       length.set_shape([batch])
       b = {'points': points, 'visible': visible, 'index': index, 'length': length}
-      if aug:
-        points, visible = augment.spatial(
-            points, visible, tf.stack([tf.constant(seed, tf.int64), step]),
-            rotate=aug.get('rotate', 0.0), scale=aug.get('scale', 0.0),
-            shear=aug.get('shear', 0.0), noise=aug.get('noise', 0.0), mirror_perm=mirror_perm)
-        b = {**b, 'points': points, 'visible': visible}
       return _finish(b, table_t, lengths_t, config, tokenizer)
 
     ds = tf.data.Dataset.range(int(start_step), _FOREVER)
@@ -540,7 +604,16 @@ def _vis(config) -> int:
 def _options() -> tf.data.Options:
   opts = tf.data.Options()
   opts.deterministic = True
-  # Small private pools: jax trains on the same 2+ cores.
-  opts.threading.private_threadpool_size = 2
+  # A private pool of half this process's cores (at least 2): jax trains on the same cores (2 on a small
+  # CPU host, ~8 on a 16-core GPU host, where batches are built in parallel); one thread per op.
+  opts.threading.private_threadpool_size = max(2, _num_cpus() // 2)
   opts.threading.max_intra_op_parallelism = 1
   return opts
+
+
+def _num_cpus() -> int:
+  """Cores this process may run on (its affinity mask where the OS has one)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 2

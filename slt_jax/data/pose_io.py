@@ -3,6 +3,7 @@
   arrays = read_pose(path, PoseOptions(keypoints='hands_body', coords='xyz', normalize='shoulders'))
   arrays.points   # f32[T, K, C]  C = 2 (xy) or 3 (xyz); masked points are 0
   arrays.visible  # bool[T, K]    False where confidence <= 0 or a coordinate is NaN / inf
+  arrays = arrays_from_pose(header, data, conf, fps, options)   # the same from a parsed pose (TFDS, ...)
 
 Only the first person is read. A point is masked by its confidence (and NaN), never by its
 coordinates: pose-format files carry non-zero values and NaN at masked points. Every failure to read
@@ -112,19 +113,35 @@ def read_pose(path: str | os.PathLike, options: PoseOptions = PoseOptions()) -> 
   """Reads the first person of a `.pose` file as `PoseArrays` (see module docstring)."""
   path = os.fspath(path)
   header, body = read_pose_file(path)
-  data = np.asarray(body.data.data if np.ma.isMaskedArray(body.data) else body.data)
-  conf = np.asarray(body.confidence)
+  return arrays_from_pose(header, body.data, body.confidence, body.fps, options, source=path)
+
+
+def arrays_from_pose(header: PoseHeader, data: np.ndarray, conf: np.ndarray, fps: float,
+                     options: PoseOptions = PoseOptions(), *, source: str = '') -> PoseArrays:
+  """A parsed pose -> `PoseArrays`: what `read_pose` does after parsing, for poses from anywhere.
+
+  header: names the P points; data: f32[T, N, P, D] (a masked array is read as its data; N people,
+  D = 2 or 3); conf: f32[T, N, P]; fps: frames per second; source: names the pose in errors.
+  Steps: first person, keypoint selection by name, frame stride and max_frames, masking by confidence
+  and NaN, normalisation. Raises PoseReadError (no frames / people, shapes that do not fit the
+  header), KeypointsMismatchError or NoUsableFramesError.
+  """
+  data = np.asarray(data.data if np.ma.isMaskedArray(data) else data)
+  conf = np.asarray(conf)
   if data.ndim != 4 or data.shape[0] == 0:
-    raise PoseReadError(f'{path}: no frames')
+    raise PoseReadError(f'{source}: no frames')
   if data.shape[1] == 0:
-    raise PoseReadError(f'{path}: no people')
+    raise PoseReadError(f'{source}: no people')
   file_points = kp_lib.header_keypoints(header)
+  if data.shape[2] != len(file_points) or conf.shape != data.shape[:3]:
+    raise PoseReadError(f'{source}: pose data {data.shape} / confidence {conf.shape} do not fit the '
+                        f'header\'s {len(file_points)} points')
   if options.keypoints is None:
     idx = np.arange(len(file_points))
     names = file_points
   else:
     try:
-      idx = kp_lib.select_indices(file_points, options.keypoints, source=path)
+      idx = kp_lib.select_indices(file_points, options.keypoints, source=source)
     except kp_lib.MissingKeypointsError as e:
       raise KeypointsMismatchError(str(e)) from e
     names = kp_lib.preset(options.keypoints)
@@ -136,7 +153,7 @@ def read_pose(path: str | os.PathLike, options: PoseOptions = PoseOptions()) -> 
   all_xyz, all_vis = _coords(data[frames, 0], conf[frames, 0], options.num_coords)
   points, visible = all_xyz[:, idx], all_vis[:, idx]
   if not visible.any():
-    raise NoUsableFramesError(f'{path}: no usable frames (no visible point among the '
+    raise NoUsableFramesError(f'{source}: no usable frames (no visible point among the '
                               f'{len(idx)} selected keypoints in {len(frames)} frames)')
 
   if options.normalize == 'shoulders':
@@ -149,7 +166,7 @@ def read_pose(path: str | os.PathLike, options: PoseOptions = PoseOptions()) -> 
   if options.hand_normalize:
     points = _normalize_hands(points, visible, names)
   points = np.where(visible[..., None], points, 0.0).astype(np.float32)
-  return PoseArrays(points=points, visible=visible, fps=float(body.fps), keypoints=tuple(names))
+  return PoseArrays(points=points, visible=visible, fps=float(fps), keypoints=tuple(names))
 
 
 def _coords(data: np.ndarray, conf: np.ndarray, num_coords: int) -> tuple[np.ndarray, np.ndarray]:

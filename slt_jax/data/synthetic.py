@@ -60,10 +60,12 @@ Splits: val and test sentences each contain a pair of content words that never c
 sentences cover every word (val/test also use only English words seen in training).
 `num_heldout_signers` > 0 keeps the last signers for val/test only.
 """
+import concurrent.futures
 import csv
 import fcntl
 import io
 import json
+import multiprocessing
 import os
 import shutil
 import time
@@ -986,26 +988,42 @@ def generate_corpus(out_dir, *, seed=0, vocab_size=120, num_signers=8, num_train
   words = build_lexicon(seed, vocab_size)
   sentences = make_sentences(words, seed, num_train, num_val, num_test, heldout_pair_frac)
   signers = make_signers(seed, num_signers)
-  header = keypoints.holistic_header(width=512, height=512, depth=512, reduced=layout == 'reduced')
-  lay = _Layout(header)
   n_train_signers = num_signers - num_heldout_signers
-  gloss_rows = []
+  jobs = []  # (split_id, index, sentence ids, signer, signer range) in file order
   for split_id, split in enumerate(('train', 'val', 'test')):
-    rows = []
     for i, s in enumerate(sentences[split]):
       rng = np.random.default_rng([seed, 3, split_id, i])
       lo = 0 if split == 'train' or num_heldout_signers == 0 else n_train_signers
       hi = n_train_signers if split == 'train' else num_signers
-      who = int(rng.integers(lo, hi))
-      data, conf, spans = render_pose(words, s['ids'], signers[who], lay, rng, noise, dropout_prob, fps)
+      jobs.append((split_id, i, s['ids'], int(rng.integers(lo, hi)), (lo, hi)))
+  render = dict(words=words, signers=signers, seed=seed, noise=noise, dropout_prob=dropout_prob, fps=fps,
+                layout=layout, pose_dir=paths['pose_dir'])
+  workers = min(os.cpu_count() or 1, 8) if len(jobs) >= 500 else 1
+  chunks = [jobs[k::workers] for k in range(workers)]
+  if workers == 1:
+    spans = _render_jobs(render, jobs)
+  else:
+    # Each example depends only on (seed, split, index): render them in processes. 'spawn', because the
+    # caller may already run JAX / TF threads, which a fork would copy mid-flight.
+    try:
+      ctx = multiprocessing.get_context('spawn')
+      with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        parts = list(pool.map(_render_jobs, [render] * workers, chunks))
+      spans = [None] * len(jobs)
+      for k, part in enumerate(parts):
+        spans[k::workers] = part
+    except concurrent.futures.process.BrokenProcessPool:  # e.g. a __main__ that spawn cannot re-import
+      spans = _render_jobs(render, jobs)
+  gloss_rows = []
+  for split_id, split in enumerate(('train', 'val', 'test')):
+    rows = []
+    for (sid, i, ids, who, _), sign_spans in zip(jobs, spans):
+      if sid != split_id:
+        continue
       uid = f'{split}_{i:05d}'
-      buf = io.BytesIO()
-      Pose(header, NumPyPoseBody(fps, data, conf)).write(buf)
-      with open(os.path.join(paths['pose_dir'], uid + '.pose'), 'wb') as f:
-        f.write(buf.getvalue())
-      rows.append((uid, s['text']))
-      gloss_rows.append((uid, split, who, ' '.join(words[j]['gloss'] for j in s['ids']),
-                         ' '.join(f'{a}:{b}' for a, b in spans)))
+      rows.append((uid, sentences[split][i]['text']))
+      gloss_rows.append((uid, split, who, ' '.join(words[j]['gloss'] for j in ids),
+                         ' '.join(f'{a}:{b}' for a, b in sign_spans)))
     with open(paths[split], 'w', newline='') as f:
       w = csv.writer(f, lineterminator='\n')
       w.writerow(('uid', 'text'))
@@ -1021,6 +1039,27 @@ def generate_corpus(out_dir, *, seed=0, vocab_size=120, num_signers=8, num_train
   with open(marker, 'w') as f:
     json.dump(params, f, indent=1, sort_keys=True)
   return paths
+
+
+def _render_jobs(render: dict, jobs: list) -> list:
+  """Renders and writes the .pose files of `jobs` [(split_id, index, sign ids, signer, (lo, hi))]; returns
+  their sign spans. The RNG of an example is seeded by (seed, split, index) alone, so any split of the jobs over
+  processes writes the same files."""
+  header = keypoints.holistic_header(width=512, height=512, depth=512, reduced=render['layout'] == 'reduced')
+  lay = _Layout(header)
+  out = []
+  for split_id, i, ids, who, signer_range in jobs:
+    rng = np.random.default_rng([render['seed'], 3, split_id, i])
+    rng.integers(*signer_range)  # replays the draw that picked the signer: the rest of the stream follows it
+    data, conf, spans = render_pose(render['words'], ids, render['signers'][who], lay, rng, render['noise'],
+                                    render['dropout_prob'], render['fps'])
+    buf = io.BytesIO()
+    Pose(header, NumPyPoseBody(render['fps'], data, conf)).write(buf)
+    uid = f"{('train', 'val', 'test')[split_id]}_{i:05d}"
+    with open(os.path.join(render['pose_dir'], uid + '.pose'), 'wb') as f:
+      f.write(buf.getvalue())
+    out.append(spans)
+  return out
 
 
 def _jsonable(x):
