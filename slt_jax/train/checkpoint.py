@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import flags
 from absl import logging
 
 
@@ -23,6 +24,20 @@ class CheckpointMismatchError(ValueError):
 
 class CheckpointSaveError(OSError):
   """Writing a checkpoint failed (disk full, quota, permissions); the checkpoints before it are intact."""
+
+
+def _use_distributed_barriers() -> None:
+  """Multi-process runs: make orbax synchronise processes through the jax.distributed key-value store.
+
+  Orbax's default barrier is a device collective (multihost_utils.sync_global_devices). Its async-save thread
+  calls it while the main thread runs the train step's, the batch assembly's or decoding's collectives, so
+  two processes can enter the collectives in different orders and deadlock (seen as a SIGABRT inside
+  wait_until_finished). Orbax's distributed-client barrier is safe from background threads.
+  """
+  if jax.process_count() > 1:
+    if not flags.FLAGS.is_parsed():  # used as a library, without absl.app
+      flags.FLAGS.mark_as_parsed()
+    flags.FLAGS.experimental_orbax_use_distributed_barrier = True
 
 
 def _manager(directory, max_to_keep, best_metric=None, async_save=True):
@@ -50,6 +65,11 @@ class Checkpoints:
 
   def __init__(self, workdir: str, keep: int = 2, best_metric: str = 'bleu', async_save: bool = True):
     self.best_metric = best_metric
+    _use_distributed_barriers()
+    if jax.process_count() > 1 and jax.default_backend() == 'cpu':
+      # Several CPU processes (gloo collectives): orbax's save thread still runs device collectives beside the
+      # main thread's, which deadlocked about one run in two; writing in the main thread keeps one order.
+      async_save = False
     self.latest = _manager(os.path.join(workdir, 'checkpoints'), keep, async_save=async_save)
     self.best = _manager(os.path.join(workdir, 'best'), 1, best_metric=best_metric, async_save=async_save)
 

@@ -212,7 +212,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   train_fn = sharding_lib.jit_train_step(
       functools.partial(step_lib.train_step, graphdef=run.graphdef, tx=run.tx, label_smoothing=t.label_smoothing,
-                        grad_accum=t.gradient_accumulation_steps, rng_impl=step_lib.dropout_rng_impl(t.dropout_rng)),
+                        grad_accum=t.gradient_accumulation_steps,
+                        rng_impl=step_lib.dropout_rng_impl(t.dropout_rng)),
       run.state_shardings, run.rest, run.mesh)
   decode_fn = make_decode_fn(run.graphdef, run.config.decode, t.seed)
   batch_sharding = sharding_lib.batch_sharding(run.mesh)
