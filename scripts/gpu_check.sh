@@ -30,6 +30,8 @@ run t5_base_bf16 --config=configs/t5_base.py --config.training.mixed_precision=b
   --frames=256 --target_len=64 --vocab_size=32128
 run llama1b_lora_bf16 --config=configs/llama3_1b.py --batch_size=16 --frames=256 --target_len=64 \
   --vocab_size=128256
+run llama1b_lora_bf16_cudnn --config=configs/llama3_1b.py --batch_size=16 --frames=256 --target_len=64 \
+  --vocab_size=128256 --config.model.attention=auto   # cuDNN flash attention (model.attention=auto)
 $PY - "$out/gpu_check.jsonl" <<'PY'
 import json, sys
 print(f"{'model':<20} {'ex/s':>8} {'tok/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9} {'compile s':>9}")

@@ -43,10 +43,11 @@ def get_config():
   config.model.prompt = ''          # optional text prompt prefix (Uni-Sign style / decoder-only instruction).
   config.model.tgt_lang = ''        # mBART(-50) target language code (e.g. 'de_DE'): forced first decoder token.
   config.model.remat = 'none'       # rematerialisation policy: none | full | dots.
-  # Attention kernel: auto (cuDNN flash attention through jax.nn.dot_product_attention on GPUs in bf16/fp16,
-  # einsum elsewhere) | einsum (explicit softmax(QK^T)V) | xla | cudnn (jax.nn.dot_product_attention with that
-  # implementation; cudnn fails where cuDNN does not apply). Training with attention dropout uses einsum.
-  config.model.attention = 'auto'
+  # Attention kernel: einsum (explicit softmax(QK^T)V) | auto (cuDNN flash attention through
+  # jax.nn.dot_product_attention on GPUs in bf16/fp16, einsum elsewhere) | xla | cudnn (jax.nn.dot_product_attention
+  # with that implementation; cudnn fails where cuDNN does not apply). Training with attention dropout uses einsum.
+  # einsum stays the default until scripts/gpu_check.sh has run the cuDNN path on a GPU.
+  config.model.attention = 'einsum'
   config.model.scan_layers = True   # stack layers with nnx.scan (compiles deep models in seconds).
   # Decoder-only families (llama | mistral | qwen2 | gemma): front end -> these layers -> projector -> LLM.
   config.model.pose_encoder = ml_collections.ConfigDict(dict(
