@@ -9,6 +9,7 @@ import json
 import os
 import struct
 import sys
+import time
 
 import pytest
 
@@ -17,6 +18,7 @@ from slt_jax import default_config
 from slt_jax.train import wandb_writer
 
 wandb = pytest.importorskip('wandb')
+from google.protobuf.message import DecodeError  # pylint: disable=g-import-not-at-top
 from wandb.proto import wandb_internal_pb2  # pylint: disable=g-import-not-at-top
 
 
@@ -52,13 +54,28 @@ def _records(path):
       yield record
 
 
+def _finished_records(path, timeout=60.0):
+  """All records of a run's log once its last one is `exit`. run.finish() returns before W&B's service
+  process has flushed the log (reading it at once found it cut short about one time in 20), so wait."""
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      records = list(_records(path))
+      if records and records[-1].WhichOneof('record_type') == 'exit':
+        return records
+    except DecodeError:
+      pass  # a record cut short: still being written
+    assert time.monotonic() < deadline, f'{path} has no exit record after {timeout} s'
+    time.sleep(0.1)
+
+
 def _read_run(workdir):
   """-> (run ids, history rows [{key: value}], config updates {key: value}) of all offline runs in workdir."""
   files = sorted(glob.glob(os.path.join(workdir, 'wandb', 'offline-run-*', 'run-*.wandb')))
   assert files, os.listdir(workdir)
   ids, history, config = [], [], {}
   for path in files:
-    for r in _records(path):
+    for r in _finished_records(path):
       kind = r.WhichOneof('record_type')
       if kind == 'run':
         ids.append(r.run.run_id)
