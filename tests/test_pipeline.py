@@ -205,6 +205,23 @@ def test_spatial_keeps_shapes_masks_and_padding():
   assert not np.allclose(p[0][visible], points[visible])
 
 
+def test_noise_is_gaussian_independent_and_keeps_masks():
+  rng = np.random.default_rng(0)
+  points = rng.uniform(0.5, 1.0, (8, 40, 50, 3)).astype(np.float32)
+  visible = rng.random((8, 40, 50)) > 0.2
+  points[~visible] = 0.0
+  p, v = augment.spatial_numpy(points, visible, (1, 2), noise=0.01)
+  np.testing.assert_array_equal(v, visible)
+  assert not p[~visible].any()
+  delta = (p - points)[visible]  # [M, 3]
+  assert abs(delta.std() / 0.01 - 1) < 0.02 and abs(delta.mean()) < 3e-4
+  assert abs(np.corrcoef(delta[:-1, 0], delta[1:, 0])[0, 1]) < 0.02  # neighbours independent
+  per_example = (p - points).reshape(8, -1)
+  assert not np.allclose(per_example[0], per_example[1])
+  np.testing.assert_array_equal(augment.spatial_numpy(points, visible, (1, 2), noise=0.01)[0], p)
+  assert not np.array_equal(augment.spatial_numpy(points, visible, (1, 3), noise=0.01)[0], p)
+
+
 def test_mirror_swaps_named_points():
   names = kp_lib.preset('hands_body')
   perm = kp_lib.mirror_permutation(names)

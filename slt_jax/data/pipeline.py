@@ -368,8 +368,8 @@ _FOREVER = 2 ** 62
 @dataclasses.dataclass
 class _HostExamples:
   """This host's training examples, every frame in one array (random access by example)."""
-  points: np.ndarray    # f32[F, K, C], F = total frames; example j is points[offsets[j]:offsets[j + 1]]
-  visible: np.ndarray   # bool[F, K]
+  points: np.ndarray    # f32[F + 1, K, C], F = total frames; example j is points[offsets[j]:offsets[j + 1]];
+  visible: np.ndarray   # bool[F + 1, K]      frame F is all 0 / False: the source of padding frames
   offsets: np.ndarray   # i64[n + 1]
   index: np.ndarray     # i32[n], row of example j in the split
 
@@ -388,18 +388,20 @@ def _host_examples(cache: _Cache, shard_index: int, num_shards: int) -> _HostExa
   index = np.arange(shard_index, cache.meta['num_examples'], num_shards, dtype=np.int32)
   lengths = np.asarray(cache.meta['lengths'], np.int64)[index]
   offsets = np.concatenate([[0], np.cumsum(lengths)])
-  shape = (int(offsets[-1]), k, c)
+  shape = (int(offsets[-1]) + 1, k, c)  # + the padding frame
   prefix = os.path.join(cache.path, f'train-host{shard_index:05d}-of-{num_shards:05d}')
   mapped = cache.meta['bytes'] / num_shards >= _CACHE_IN_MEMORY
   if mapped and os.path.exists(prefix + '.points.npy'):
-    return _HostExamples(np.load(prefix + '.points.npy', mmap_mode='r'),
-                         np.load(prefix + '.visible.npy', mmap_mode='r'), offsets, index)
+    points = np.load(prefix + '.points.npy', mmap_mode='r')
+    if points.shape == shape:  # (else written by an older layout: write it again)
+      return _HostExamples(points, np.load(prefix + '.visible.npy', mmap_mode='r'), offsets, index)
   if mapped:
     tmp = f'{prefix}.tmp-{uuid.uuid4().hex[:8]}'
     points = np.lib.format.open_memmap(tmp + '.points.npy', 'w+', np.float32, shape)
     visible = np.lib.format.open_memmap(tmp + '.visible.npy', 'w+', np.bool_, shape[:2])
   else:
     points, visible = np.empty(shape, np.float32), np.empty(shape[:2], np.bool_)
+  points[-1], visible[-1] = 0.0, False
   records = tf.data.TFRecordDataset(cache.files)
   if num_shards > 1:
     records = records.shard(num_shards, shard_index)
@@ -484,23 +486,22 @@ class _BatchPlan:
     e, j = divmod(int(step), self.batches_per_epoch)
     p = self.epoch(e)
     ex = self.examples
-    rows = []
-    for i in range(self.batch):
-      t, t_new = p['src_len'][j, i], p['new_len'][j, i]
-      # Frame f of the resampled example shows source frame floor((f + 0.5) * T / T') (as
-      # augment.resample_frames): uniform, no repeats at speed 1; then the dropout mask.
-      idx = np.minimum(((np.arange(t_new) + 0.5) * t / t_new).astype(np.int64), t - 1)
-      start = p['keep_start'][j, i]
-      idx = idx[p['keep'][start:start + t_new]]
-      rows.append(ex.offsets[p['example'][j, i]] + idx)
-    length = p['out_len'][j].astype(np.int32)
+    src, new, out = p['src_len'][j], p['new_len'][j], p['out_len'][j]  # [B] each
     frames = int(p['frames'][j])
-    mask = np.arange(frames)[None, :] < length[:, None]
-    rows = np.concatenate(rows)
-    points = np.zeros((self.batch, frames) + ex.points.shape[1:], np.float32)
-    visible = np.zeros((self.batch, frames) + ex.visible.shape[1:], np.bool_)
-    points[mask], visible[mask] = ex.points[rows], ex.visible[rows]
-    return points, visible, ex.index[p['example'][j]], length
+    # Resampled frame f of example i shows its source frame floor((f + 0.5) * T_i / T'_i) (as
+    # augment.resample_frames): uniform, no repeats at speed 1. All B examples at once, as flat [sum T'].
+    example = np.repeat(np.arange(self.batch), new)
+    f = np.arange(len(example)) - np.repeat(np.cumsum(new) - new, new)
+    source = np.minimum(((f + 0.5) * np.repeat(src, new) / np.repeat(new, new)).astype(np.int64),
+                        np.repeat(src - 1, new))
+    kept = p['keep'][np.repeat(p['keep_start'][j], new) + f]  # then the frame-dropout mask
+    example, source = example[kept], source[kept]
+    slot = np.arange(len(example)) - np.repeat(np.cumsum(out) - out, out)  # output frame within example
+    # One gather per array: slots past an example's length read the all-zero padding frame.
+    rows = np.full((self.batch, frames), len(ex.points) - 1, np.int64)
+    rows[example, slot] = ex.offsets[p['example'][j]][example] + source
+    return (ex.points.take(rows, axis=0), ex.visible.take(rows, axis=0), ex.index[p['example'][j]],
+            out.astype(np.int32))
 
 
 def _train_split(config, tokenizer, cache: _Cache, shard_index, num_shards) -> SplitData:
