@@ -138,8 +138,10 @@ def get_config():
   config.training.seed = 42
   config.training.peak_tflops = 0.0  # device peak for MFU; 0 = known GPUs (A100, H100, H200), else no MFU.
   config.training.max_consecutive_nonfinite = 10  # stop after this many NaN/Inf updates in a row.
+  # PRNG of each step's dropout key: auto (rbg on CPU, else threefry) | threefry | rbg. The masks themselves are
+  # hashed from per-layer keys and positions (models/layers.py dropout_keep), whatever this is.
+  config.training.dropout_rng = 'auto'
   # Weights & Biases, next to TensorBoard (always written), from process 0; needs `pip install -e '.[wandb]'`.
-  config.training.dropout_rng = 'auto'    # dropout masks' PRNG: auto (rbg on CPU, else threefry) | threefry | rbg
   config.training.use_wandb = False
   config.training.wandb_project = 'slt_jax'
   config.training.wandb_entity = ''       # '' = the W&B login's default entity.

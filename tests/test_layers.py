@@ -183,3 +183,39 @@ def test_shift_right_and_masks():
   np.testing.assert_array_equal(np.asarray(L.shift_right(labels, 0, 0)), [[0, 5, 6, 1], [0, 7, 1, 0]])
   np.testing.assert_array_equal(np.asarray(L.causal_mask(2, 3))[0, 0], [[1, 1, 0], [1, 1, 1]])
   assert L.combine_masks(None, None) is None
+
+
+def test_dropout_masks_are_bernoulli_independent_and_keyed():
+  shape = (16, 64, 256)
+  keep = np.asarray(L.dropout_keep(jax.random.key(0), shape, 0.1))
+  assert keep.shape == shape and abs(keep.mean() - 0.9) < 0.003
+  # neighbours along each axis are independent (correlation ~ 0, a bad hash shows stripes)
+  for axis in range(3):
+    a, b = np.moveaxis(keep, axis, 0)[:-1].ravel(), np.moveaxis(keep, axis, 0)[1:].ravel()
+    assert abs(np.corrcoef(a, b)[0, 1]) < 0.01, axis
+  again = np.asarray(L.dropout_keep(jax.random.key(0), shape, 0.1))
+  other = np.asarray(L.dropout_keep(jax.random.key(1), shape, 0.1))
+  np.testing.assert_array_equal(again, keep)
+  assert abs((other == keep).mean() - (0.9 ** 2 + 0.1 ** 2)) < 0.003  # independent of the first mask
+
+  drop = L.Dropout(0.25)
+  x = jnp.ones(shape)
+  np.testing.assert_array_equal(drop(x), x)  # no rngs: the identity
+  y = np.asarray(drop(x, nnx.Rngs(dropout=3)))
+  assert set(np.unique(y)) == {0.0, np.float32(1 / 0.75)} and abs(y.mean() - 1.0) < 0.01
+  assert not np.asarray(L.Dropout(1.0)(x, nnx.Rngs(dropout=3))).any()
+
+
+def test_matmul_gradients_equal_autodiff():
+  rng = np.random.default_rng(0)
+  w_up, w_down = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in ((8, 32), (32, 8)))
+  x = jnp.asarray(rng.normal(size=(3, 5, 8)), jnp.float32)
+
+  def loss(mm, x, w_up, w_down):  # both branches of the weight gradient: I < O, then I > O
+    return jnp.sum(jnp.tanh(mm(jax.nn.gelu(mm(x, w_up)), w_down)) ** 2)
+
+  plain = lambda a, b: a @ b
+  ours = jax.jit(jax.grad(lambda *a: loss(L.matmul, *a), argnums=(0, 1, 2)))(x, w_up, w_down)
+  ref = jax.grad(lambda *a: loss(plain, *a), argnums=(0, 1, 2))(x, w_up, w_down)
+  for a, b in zip(ours, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -95,11 +95,11 @@ class BartLayer(nnx.Module):
     self.mlp = L.MLP(d, ffn, activation=cfg.activation_function, use_bias=True, names=('fc1', 'fc2'),
                      dropout=cfg.activation_dropout, kernel_init=init, **kw)
     self.mlp_norm = L.LayerNorm(d, **kw)
-    self.dropout = nnx.Dropout(cfg.dropout)
+    self.dropout = L.Dropout(cfg.dropout)
 
   def __call__(self, x, *, mask=None, enc=None, enc_mask=None, cache=None, rngs=None):
     """x: [B, T, d]; enc: encoder states [B, S, d] or their (k, v); cache: KVCache -> (x, cache)."""
-    drop = lambda y: self.dropout(y, rngs=rngs, deterministic=rngs is None)
+    drop = lambda y: self.dropout(y, rngs)
 
     def sublayer(x, norm, f):
       if self.pre_norm:
@@ -134,7 +134,7 @@ class BartStack(nnx.Module):
                                                     rngs=r), self.num_layers, rngs, cfg.scan_layers)
     if cfg.pre_norm:
       self.final_norm = L.LayerNorm(cfg.d_model, **kw)
-    self.dropout = nnx.Dropout(cfg.dropout)
+    self.dropout = L.Dropout(cfg.dropout)
 
   def __call__(self, x, positions, *, mask=None, enc=None, enc_mask=None, caches=None, index=None, rngs=None):
     """x: [B, T, d] token embeddings, positions: i32[B|1, T] -> ([B, T, d], new (k, v) layer-major | None).
@@ -142,7 +142,7 @@ class BartStack(nnx.Module):
     caches: (k, v, cross_k, cross_v) layer-major [L, B, ...] for cached decoding at index i32[B].
     """
     x = x + self.positions(positions + POS_OFFSET).astype(x.dtype)
-    x = self.dropout(self.embed_norm(x), rngs=rngs, deterministic=rngs is None)
+    x = self.dropout(self.embed_norm(x), rngs)
     if caches is None:
       def body(layer, h, _, r):
         return layer(h, mask=mask, enc=enc, enc_mask=enc_mask, rngs=r)[0], None

@@ -44,11 +44,11 @@ class PoseEncoderLayer(nnx.Module):
     self.attn = L.Attention(dim, num_heads, dim // num_heads, rngs=rngs, **kw)
     self.mlp_norm = L.RMSNorm(dim, **kw)
     self.mlp = L.MLP(dim, 4 * dim, activation='gelu', dropout=dropout, rngs=rngs, **kw)
-    self.dropout = nnx.Dropout(dropout)
+    self.dropout = L.Dropout(dropout)
 
   def __call__(self, x, mask, rotary, rngs=None):
     """x: [B, T, dim], mask: bool[B, 1, 1, T] -> [B, T, dim]."""
-    drop = lambda h: self.dropout(h, rngs=rngs, deterministic=rngs is None)
+    drop = lambda h: self.dropout(h, rngs)
     x = x + drop(self.attn(self.attn_norm(x), mask=mask, rotary=rotary))
     return x + drop(self.mlp(self.mlp_norm(x), rngs=rngs))
 

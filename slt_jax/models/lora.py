@@ -45,6 +45,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from slt_jax.models import hf
+from slt_jax.models import layers as L
 
 CONFIG_FILE = 'adapter_config.json'
 WEIGHTS_FILE = 'adapter_model.safetensors'
@@ -259,7 +260,7 @@ class LoRALinear(nnx.Module):
     key = _DROPOUT_KEY.get()
     if key is not None and self.dropout > 0:
       key = jax.random.fold_in(jax.random.fold_in(key, self.uid), self.lora_index[...])
-      keep = jax.random.bernoulli(key, 1.0 - self.dropout, h.shape)
+      keep = L.dropout_keep(key, h.shape, self.dropout)
       h = jnp.where(keep, h / (1.0 - self.dropout), 0).astype(h.dtype)
     a, b = self.lora_a[...].astype(h.dtype), self.lora_b[...].astype(h.dtype)
     hd = jax.lax.dot_general(h, a, dims, precision=self.precision)

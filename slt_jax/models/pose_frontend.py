@@ -55,7 +55,7 @@ class PoseFrontEnd(nnx.Module):
                             for i in range(conv_layers)])
     self.out = L.dense(hidden, d_model, (None, 'embed'), use_bias=True, rngs=rngs, **kw)
     self.positions = positions
-    self.dropout = nnx.Dropout(dropout)
+    self.dropout = L.Dropout(dropout)
 
   def __call__(self, poses: jax.Array, pose_mask: jax.Array,
                rngs: Optional[nnx.Rngs] = None) -> tuple[jax.Array, jax.Array]:
@@ -72,5 +72,5 @@ class PoseFrontEnd(nnx.Module):
     x = self.out(x)
     if self.positions:
       x = x + L.sinusoid_positions(x.shape[1], x.shape[-1]).astype(x.dtype)[None]
-    x = self.dropout(x, rngs=rngs, deterministic=rngs is None)
+    x = self.dropout(x, rngs)
     return jnp.where(mask[..., None], x, 0), mask

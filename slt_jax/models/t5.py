@@ -146,11 +146,11 @@ class T5Block(nnx.Module):
     self.mlp_norm = norm()
     self.mlp = L.MLP(d, cfg.d_ff, activation=cfg.activation, gated=cfg.gated, names=names,
                      dropout=cfg.dropout_rate, kernel_init=mlp_init, rngs=rngs, **kw)
-    self.dropout = nnx.Dropout(cfg.dropout_rate)
+    self.dropout = L.Dropout(cfg.dropout_rate)
 
   def __call__(self, x, *, mask=None, bias=None, enc=None, enc_mask=None, cache=None, rngs=None):
     """x: [B, T, d]; enc: encoder states [B, S, d] or their (k, v); cache: KVCache -> (x, cache)."""
-    drop = lambda y: self.dropout(y, rngs=rngs, deterministic=rngs is None)
+    drop = lambda y: self.dropout(y, rngs)
     y = self.self_attn(self.self_norm(x), mask=mask, bias=bias, cache=cache, rngs=rngs)
     if cache is not None:
       y, cache = y
@@ -173,7 +173,7 @@ class T5Stack(nnx.Module):
         lambda r: T5Block(cfg, cross=decoder, dtype=dtype, param_dtype=param_dtype, rngs=r),
         num_layers, rngs, cfg.scan_layers)
     self.final_norm = L.RMSNorm(cfg.d_model, cfg.layer_norm_epsilon, dtype=dtype, param_dtype=param_dtype)
-    self.dropout = nnx.Dropout(cfg.dropout_rate)
+    self.dropout = L.Dropout(cfg.dropout_rate)
 
   def position_bias(self, q_pos: jax.Array, k_len: int) -> jax.Array:
     """q_pos: i32[B|1, T] absolute query positions -> f32[B|1, H, T, k_len]."""
@@ -189,7 +189,7 @@ class T5Stack(nnx.Module):
     caches: (k, v, cross_k, cross_v) layer-major [L, B, ...] for cached decoding (index: i32[B]);
     returns (x, new (k, v)) then, else (x, None).
     """
-    drop = lambda y: self.dropout(y, rngs=rngs, deterministic=rngs is None)
+    drop = lambda y: self.dropout(y, rngs)
     x = drop(x)
     if caches is None:
       def body(layer, h, _, r):

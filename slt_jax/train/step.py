@@ -59,9 +59,8 @@ def _split_microbatches(batch, num_micro: int):
 
 
 def dropout_rng_impl(setting: str) -> str:
-  """training.dropout_rng -> the PRNG of the dropout masks: 'auto' is rbg on CPU (where threefry masks cost
-  as much as a small model's matmuls) and threefry on accelerators (cheap there, and it shards without
-  replicating the mask generation)."""
+  """training.dropout_rng -> the PRNG of a step's dropout key: 'auto' is rbg on CPU and threefry on
+  accelerators (where it shards without replicating the key derivation)."""
   if setting == 'auto':
     return 'rbg' if jax.default_backend() == 'cpu' else 'threefry'
   return setting
@@ -70,9 +69,10 @@ def dropout_rng_impl(setting: str) -> str:
 def dropout_key(step_rng: jax.Array, impl: str = 'threefry') -> jax.Array:
   """The dropout key of a step from the state's threefry key: itself, or an `impl` ('rbg') key seeded by it.
 
-  Why rbg: dropout masks drawn with threefry cost about as much as the matmuls of a small model on a CPU;
-  XLA's RngBitGenerator (rbg) is several times cheaper there. The state keeps a threefry key either way,
-  so checkpoints do not depend on the choice.
+  Each dropout site draws two 32-bit words from it; the masks are hashed from those and the positions
+  (layers.dropout_keep), so the choice no longer changes the cost much (it did when the masks themselves
+  were drawn from the PRNG: threefry masks cost as much as a small model's matmuls on a CPU). The state
+  keeps a threefry key either way, so checkpoints do not depend on the choice.
   """
   if impl == 'threefry':
     return step_rng
