@@ -361,7 +361,7 @@ def _per_host_batch(global_batch: int, num_shards: int, what: str) -> int:
 # ------------------------------------------------------------------------------------------------
 # Train: a host-side batch plan (numpy) -> tf.data. Batch k is a pure function of (seed, host, k).
 # ------------------------------------------------------------------------------------------------
-_SORT_POOL = 16            # batches per length-sorting pool (more: less padding, less varied batches)
+_SORT_POOL = 64            # batches per length-sorting pool (more: less padding, less varied batches)
 _FOREVER = 2 ** 62
 
 
