@@ -79,7 +79,8 @@ matmul.defvjp(_matmul_fwd, _matmul_bwd)
 def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, out_sharding=None):
   """jax.lax.dot_general for nnx.Linear: its plain [..., I] x [I, O] products go through `matmul`."""
   plain = (((lhs.ndim - 1,), (0,)), ((), ()))
-  if (rhs.ndim == 2 and tuple(map(tuple, map(tuple, dimension_numbers))) == plain
+  dims = tuple(tuple(tuple(axes) for axes in pair) for pair in dimension_numbers)
+  if (rhs.ndim == 2 and dims == plain
       and preferred_element_type is None and out_sharding is None and lhs.dtype == rhs.dtype):
     return matmul(lhs, rhs, precision)
   return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
@@ -111,8 +112,8 @@ def dropout_keep(key: jax.Array, shape: Sequence[int], rate: float) -> jax.Array
   Entry (i, j) (i: the flattened leading axes, j: the last) is kept when
   fmix32(fmix32(i ^ k0) ^ j ^ k1) >= rate * 2^32, k = two 32-bit words drawn from `key`. The mask is a
   function of the global position, so it is the same under any sharding, and XLA computes it inside
-  the fusion that applies it: no random-bit tensor is written to memory. Drawing the bits with threefry
-  (or even rbg) cost about a quarter of a small model's train step on a CPU.
+  the fusion that applies it: no random-bit tensor is written to memory. Drawn with threefry or rbg,
+  the masks' random bits took about a quarter of a small model's train step in a CPU profile.
   """
   k = jax.random.bits(key, (2,), jnp.uint32)
   rows = jax.lax.broadcasted_iota(jnp.uint32, (math.prod(shape[:-1]), shape[-1]), 0)
@@ -192,28 +193,6 @@ ACTIVATIONS = {
 }
 
 
-@jax.custom_vjp
-def grad_barrier(x: jax.Array) -> jax.Array:
-  """The identity, whose gradient is materialised (lax.optimization_barrier) in its own layout.
-
-  On the CPU, XLA fuses the elementwise gradient of an activation into the transpose that its weight-
-  gradient matmul wants, and that strided fusion ran ~10x slower than the elementwise work plus a plain
-  transpose (profile of scripts/bench_vs_torch.py). Elsewhere it costs nothing measurable.
-  """
-  return x
-
-
-def _grad_barrier_fwd(x):
-  return x, None
-
-
-def _grad_barrier_bwd(_, g):
-  return (jax.lax.optimization_barrier(g),)
-
-
-grad_barrier.defvjp(_grad_barrier_fwd, _grad_barrier_bwd)
-
-
 class MLP(nnx.Module):
   """Feed-forward block: down(act(up(x))) or, gated, down(act(gate(x)) * up(x)).
 
@@ -243,10 +222,10 @@ class MLP(nnx.Module):
     """x: [B, T, d_model] -> [B, T, d_model]."""
     if self.gated:
       gate, up, down = (getattr(self, n) for n in self.names)
-      h = self.act(grad_barrier(gate(x))) * grad_barrier(up(x))
+      h = self.act(gate(x)) * up(x)
     else:
       up, down = (getattr(self, n) for n in self.names)
-      h = self.act(grad_barrier(up(x)))
+      h = self.act(up(x))
     h = self.dropout(h, rngs)
     return down(h)
 
