@@ -4,8 +4,9 @@
 
 The model is the same tiny T5-shaped SLT model on both sides: a pose front end (linear -> GELU -> one residual
 strided temporal conv block -> linear) feeding T5 v1.1 (gated GELU) through `inputs_embeds`, AdamW, gradient clipping, float32.
-Both sides use all CPU cores. Ours runs with model.scan_layers=False (as configs/demo.py), the rest defaults. Reports the median examples/s over --runs runs of --steps timed steps each (after
-warm-up / compilation). With --json the last line is {"ours_examples_per_s", "torch_examples_per_s", "ratio"}.
+Both sides use all CPU cores. Ours runs with model.scan_layers=False (as configs/demo.py) and the other
+defaults. Reports the median examples/s over --runs runs of --steps timed steps each (after warm-up /
+compilation). With --json the last line is {"ours_examples_per_s", "torch_examples_per_s", "ratio"}.
 """
 import json
 import statistics
