@@ -4,9 +4,14 @@
 
 The model is the same tiny T5-shaped SLT model on both sides: a pose front end (linear -> GELU -> one residual
 strided temporal conv block -> linear) feeding T5 v1.1 (gated GELU) through `inputs_embeds`, AdamW, gradient clipping, float32.
-Both sides use all CPU cores. Ours runs with model.scan_layers=False (as configs/demo.py) and the other
+Both sides use all CPU cores, and take turns run by run. Ours runs with model.scan_layers=False (as configs/demo.py) and the other
 defaults. Reports the median examples/s over --runs runs of --steps timed steps each (after warm-up /
-compilation). With --json the last line is {"ours_examples_per_s", "torch_examples_per_s", "ratio"}.
+compilation). With --json the last line is {"ours_examples_per_s", "torch_examples_per_s", "ratio", ...}.
+
+How close to the hardware: the step's model FLOPs (3 x the forward's, from XLA's cost analysis, as the
+trainer's MFU counts them) times each side's steps/s, against the rate each side's matmul library reaches on
+this CPU for the model's largest product ([B*T', d_model] x [d_model, d_ff], the MLP's up-projection). A CPU
+has no datasheet peak that its GEMMs reach, so the measured GEMM rate is the ceiling both sides share.
 """
 import json
 import statistics
@@ -40,15 +45,19 @@ def _batch():
   }
 
 
-def _time(step, runs, steps):
-  step()  # warm-up / compilation
-  rates = []
+def _time_interleaved(steps_by_side, runs, steps):
+  """examples/s of each side's step: --runs runs of --steps steps, the sides taking turns run by run.
+
+  Taking turns keeps a drift in the machine's speed (a shared, virtualised CPU changes pace over minutes) from
+  landing on one side only. Returns {side: [rate of each run]}.
+  """
+  for step in steps_by_side.values():
+    step()  # warm-up / compilation
+  rates = {side: [] for side in steps_by_side}
   for _ in range(runs):
-    t0 = time.perf_counter()
-    for _ in range(steps):
-      step()
-    rates.append(_BATCH.value * steps / (time.perf_counter() - t0))
-  return statistics.median(rates), rates
+    for side, step in steps_by_side.items():
+      rates[side].append(_BATCH.value * steps / _seconds(step, steps))
+  return rates
 
 
 def bench_ours(batch):
@@ -56,7 +65,7 @@ def bench_ours(batch):
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from slt_jax import default_config  # pylint: disable=g-import-not-at-top
   from slt_jax.models import slt  # pylint: disable=g-import-not-at-top
-  from slt_jax.train import optim, sharding, step as step_lib  # pylint: disable=g-import-not-at-top
+  from slt_jax.train import flops as flops_lib, optim, sharding, step as step_lib  # pylint: disable=g-import-not-at-top
 
   config = default_config.get_config()
   config.model.arch.update(ARCH)
@@ -73,12 +82,13 @@ def bench_ours(batch):
   fn = jax.jit(lambda s, r, b: step_lib.train_step(s, b, graphdef=graphdef, rest=r, tx=tx, label_smoothing=0.0,
                                                    rng_impl=rng_impl), donate_argnums=0)
   device_batch = jax.device_put(batch)
+  step_flops = flops_lib.train_step_flops(graphdef, state.params, rest, device_batch)
   holder = {'state': state}
 
   def step():
     holder['state'], metrics = fn(holder['state'], rest, device_batch)
     jax.block_until_ready(metrics['loss'])
-  return _time(step, _RUNS.value, _STEPS.value)
+  return step, step_flops
 
 
 def bench_torch(batch):
@@ -122,20 +132,55 @@ def bench_torch(batch):
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
-  return _time(step, _RUNS.value, _STEPS.value)
+  return step
+
+
+def gemm_gflops():
+  """GFLOP/s of the model's largest matmul, f32, on each side's library (best of 3 x 50 calls)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  m, k, n = _BATCH.value * _FRAMES.value // 2, ARCH['d_model'], ARCH['d_ff']
+  rng = np.random.RandomState(0)
+  x, w = rng.randn(m, k).astype(np.float32), rng.randn(k, n).astype(np.float32)
+  jax_mm = jax.jit(lambda a, b: a @ b)
+  jx, jw, tx, tw = jax.device_put(x), jax.device_put(w), torch.from_numpy(x), torch.from_numpy(w)
+  runs = {'jax': lambda: jax_mm(jx, jw).block_until_ready(), 'torch': lambda: torch.mm(tx, tw)}
+  rates = {}
+  for name, fn in runs.items():
+    fn()
+    best = min(_seconds(fn, 50) for _ in range(3))
+    rates[name] = 2 * m * k * n * 50 / best / 1e9
+  return rates
+
+
+def _seconds(fn, calls):
+  t0 = time.perf_counter()
+  for _ in range(calls):
+    fn()
+  return time.perf_counter() - t0
 
 
 def main(argv):
   del argv
   batch = _batch()
-  ours, ours_runs = bench_ours(batch)
-  torch_rate, torch_runs = bench_torch(batch)
+  ours_step, step_flops = bench_ours(batch)
+  runs = _time_interleaved({'ours': ours_step, 'torch': bench_torch(batch)}, _RUNS.value, _STEPS.value)
+  ours_runs, torch_runs = runs['ours'], runs['torch']
+  ours, torch_rate = statistics.median(ours_runs), statistics.median(torch_runs)
+  gemm = gemm_gflops()
+  per_example = step_flops / _BATCH.value / 1e9  # model GFLOP per example (same model on both sides)
   result = {'ours_examples_per_s': ours, 'torch_examples_per_s': torch_rate, 'ratio': ours / torch_rate,
             'ours_runs': ours_runs, 'torch_runs': torch_runs, 'batch_size': _BATCH.value,
-            'frames': _FRAMES.value, 'target_len': _TARGET.value}
+            'frames': _FRAMES.value, 'target_len': _TARGET.value, 'step_gflop': step_flops / 1e9,
+            'ours_gflops': ours * per_example, 'torch_gflops': torch_rate * per_example,
+            'gemm_gflops_jax': gemm['jax'], 'gemm_gflops_torch': gemm['torch']}
   print(f"ours  {ours:8.2f} examples/s  (runs: {', '.join(f'{r:.2f}' for r in ours_runs)})")
   print(f"torch {torch_rate:8.2f} examples/s  (runs: {', '.join(f'{r:.2f}' for r in torch_runs)})")
   print(f'ratio {result["ratio"]:.2f}x')
+  print(f'model {step_flops / 1e9:.1f} GFLOP per step: ours {result["ours_gflops"]:.1f} GFLOP/s '
+        f'({result["ours_gflops"] / gemm["jax"]:.0%} of XLA\'s {gemm["jax"]:.0f} GFLOP/s on the largest matmul), '
+        f'torch {result["torch_gflops"]:.1f} ({result["torch_gflops"] / gemm["torch"]:.0%} of its '
+        f'{gemm["torch"]:.0f} GFLOP/s)')
   if _JSON.value:
     print(json.dumps(result))
 
