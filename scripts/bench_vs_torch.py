@@ -3,10 +3,11 @@
   python scripts/bench_vs_torch.py [--runs=3] [--steps=10] [--json]
 
 The model is the same tiny T5-shaped SLT model on both sides: a pose front end (linear -> GELU -> one residual
-strided temporal conv block -> linear) feeding T5 v1.1 (gated GELU) through `inputs_embeds`, AdamW, gradient clipping, float32.
-Both sides use all CPU cores, and take turns run by run. Ours runs with model.scan_layers=False (as configs/demo.py) and the other
-defaults. Reports the median examples/s over --runs runs of --steps timed steps each (after warm-up /
-compilation). With --json the last line is {"ours_examples_per_s", "torch_examples_per_s", "ratio", ...}.
+strided temporal conv block -> linear) feeding T5 v1.1 (gated GELU) through `inputs_embeds`, AdamW, gradient
+clipping, float32. Both sides use all CPU cores, and they take turns run by run. Ours runs with
+model.scan_layers=False (as configs/demo.py) and the other defaults. Reports the median examples/s over --runs
+runs of --steps timed steps each (after warm-up / compilation). With --json the last line is a JSON object:
+{"ours_examples_per_s", "torch_examples_per_s", "ratio", the runs, the shapes and the figures below}.
 
 How close to the hardware: the step's model FLOPs (3 x the forward's, from XLA's cost analysis, as the
 trainer's MFU counts them) times each side's steps/s, against the rate each side's matmul library reaches on
@@ -65,7 +66,8 @@ def bench_ours(batch):
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from slt_jax import default_config  # pylint: disable=g-import-not-at-top
   from slt_jax.models import slt  # pylint: disable=g-import-not-at-top
-  from slt_jax.train import flops as flops_lib, optim, sharding, step as step_lib  # pylint: disable=g-import-not-at-top
+  from slt_jax.train import flops as flops_lib  # pylint: disable=g-import-not-at-top
+  from slt_jax.train import optim, sharding, step as step_lib  # pylint: disable=g-import-not-at-top
 
   config = default_config.get_config()
   config.model.arch.update(ARCH)
@@ -143,8 +145,8 @@ def gemm_gflops():
   rng = np.random.RandomState(0)
   x, w = rng.randn(m, k).astype(np.float32), rng.randn(k, n).astype(np.float32)
   jax_mm = jax.jit(lambda a, b: a @ b)
-  jx, jw, tx, tw = jax.device_put(x), jax.device_put(w), torch.from_numpy(x), torch.from_numpy(w)
-  runs = {'jax': lambda: jax_mm(jx, jw).block_until_ready(), 'torch': lambda: torch.mm(tx, tw)}
+  jax_x, jax_w, torch_x, torch_w = jax.device_put(x), jax.device_put(w), torch.from_numpy(x), torch.from_numpy(w)
+  runs = {'jax': lambda: jax_mm(jax_x, jax_w).block_until_ready(), 'torch': lambda: torch.mm(torch_x, torch_w)}
   rates = {}
   for name, fn in runs.items():
     fn()
