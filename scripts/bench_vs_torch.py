@@ -26,6 +26,7 @@ _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per run.')
 _BATCH = flags.DEFINE_integer('batch_size', 32, 'Batch size.')
 _FRAMES = flags.DEFINE_integer('frames', 96, 'Pose frames.')
 _TARGET = flags.DEFINE_integer('target_len', 24, 'Target tokens.')
+_PADDING_FREE = flags.DEFINE_integer('padding_free', 64, "Ours: model.padding_free (0 = the padded computation).")
 _JSON = flags.DEFINE_bool('json', False, 'Print a JSON object as the last line.')
 
 ARCH = dict(d_model=256, d_kv=32, d_ff=1024, num_layers=3, num_decoder_layers=3, num_heads=8,
@@ -76,13 +77,15 @@ def bench_ours(batch):
   # Unrolled layers: a 3-layer stack gains nothing from the scan's shorter compile, and on a CPU the scan's
   # stacked activations and per-layer slices cost ~15-25% of the step (what configs/demo.py uses too).
   config.model.scan_layers = False
+  config.model.padding_free = _PADDING_FREE.value
   mesh = sharding.make_mesh(config.mesh)
   tx = optim.make_optimizer(config, 1000)
   graphdef, state, rest, shardings = sharding.create_sharded_state(
       lambda: slt.build_model(config, VOCAB, KEYPOINTS * COORDS, rngs=nnx.Rngs(params=0)), tx, mesh, seed=0)
   rng_impl = step_lib.dropout_rng_impl(config.training.dropout_rng)  # what the trainer uses (rbg on CPU)
+  counts = step_lib.padding_free_counts(batch, config.model.padding_free)  # what the trainer passes
   fn = jax.jit(lambda s, r, b: step_lib.train_step(s, b, graphdef=graphdef, rest=r, tx=tx, label_smoothing=0.0,
-                                                   rng_impl=rng_impl), donate_argnums=0)
+                                                   rng_impl=rng_impl, counts=counts), donate_argnums=0)
   device_batch = jax.device_put(batch)
   step_flops = flops_lib.train_step_flops(graphdef, state.params, rest, device_batch)
   holder = {'state': state}

@@ -49,6 +49,11 @@ def get_config():
   # einsum stays the default until scripts/gpu_check.sh has run the cuDNN path on a GPU.
   config.model.attention = 'einsum'
   config.model.scan_layers = True   # stack layers with nnx.scan (compiles deep models in seconds).
+  # Padding-free training (T5/mT5/BART/mBART, one device): 0 = off; n > 0 = the position-wise layers (projections,
+  # MLPs, norms, LM head) run on the real tokens only, gathered into rows (models/token_rows.py), with the batch's
+  # real frame and label counts rounded up to a multiple of n. Each distinct count compiles its own train step,
+  # so n trades leftover padding for compiles. Evaluation and decoding stay padded.
+  config.model.padding_free = 0
   # Decoder-only families (llama | mistral | qwen2 | gemma): front end -> these layers -> projector -> LLM.
   config.model.pose_encoder = ml_collections.ConfigDict(dict(
       num_layers=2,        # bidirectional transformer layers over the front end's output (width pose.hidden).
@@ -224,6 +229,8 @@ def validate(config, require_data: bool = True) -> None:
   for field, allowed in (('attention', ('auto', 'einsum', 'xla', 'cudnn')), ('remat', ('none', 'full', 'dots'))):
     if m[field] not in allowed:
       raise ConfigError(f'model.{field} must be one of {allowed}, got {m[field]!r}')
+  if m.padding_free < 0:
+    raise ConfigError(f'model.padding_free must be 0 (off) or a positive multiple, got {m.padding_free}')
   if t.mixed_precision not in ('no', 'bf16', 'fp16'):
     raise ConfigError(f"training.mixed_precision must be 'no' or 'bf16', got {t.mixed_precision!r}")
   if t.dropout_rng not in ('auto', 'threefry', 'rbg'):
@@ -281,6 +288,10 @@ def validate_devices(config, num_devices: int, num_processes: int = 1) -> None:
     raise ConfigError(f'config.mesh {sizes} needs {known} devices, but this run has {num_devices}; make the '
                       f'product of the sizes {num_devices}, or set one size to -1')
   _check_batch_divisible(config, sizes['data'] * sizes['fsdp'], sizes)
+  if config.model.padding_free and num_devices > 1:
+    raise ConfigError(f'model.padding_free={config.model.padding_free} runs on one device: its token rows are '
+                      f'gathered across the whole batch, which a mesh of {num_devices} devices splits; set '
+                      'model.padding_free=0')
   t = config.training
   for field in ('batch_size', 'eval_batch_size'):
     if t[field] % num_processes:

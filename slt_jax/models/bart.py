@@ -97,8 +97,11 @@ class BartLayer(nnx.Module):
     self.mlp_norm = L.LayerNorm(d, **kw)
     self.dropout = L.Dropout(cfg.dropout)
 
-  def __call__(self, x, *, mask=None, enc=None, enc_mask=None, cache=None, rngs=None):
-    """x: [B, T, d]; enc: encoder states [B, S, d] or their (k, v); cache: KVCache -> (x, cache)."""
+  def __call__(self, x, *, mask=None, enc=None, enc_mask=None, cache=None, rngs=None, rows=None, enc_rows=None):
+    """x: [B, T, d]; enc: encoder states [B, S, d] or their (k, v); cache: KVCache -> (x, cache).
+
+    Padding-free: with `rows` (token_rows.TokenRows) x is the token rows [N, d]; with `enc_rows`, enc is.
+    """
     drop = lambda y: self.dropout(y, rngs)
 
     def sublayer(x, norm, f):
@@ -108,14 +111,15 @@ class BartLayer(nnx.Module):
 
     def self_attn(h):
       nonlocal cache
-      y = self.self_attn(h, mask=mask, cache=cache, rngs=rngs)
+      y = self.self_attn(h, mask=mask, cache=cache, rngs=rngs, rows=rows)
       if cache is not None:
         y, cache = y
       return y
 
     x = sublayer(x, self.self_norm, self_attn)
     if self.cross:
-      x = sublayer(x, self.cross_norm, lambda h: self.cross_attn(h, enc, mask=enc_mask, rngs=rngs))
+      x = sublayer(x, self.cross_norm,
+                   lambda h: self.cross_attn(h, enc, mask=enc_mask, rngs=rngs, rows=rows, kv_rows=enc_rows))
     x = sublayer(x, self.mlp_norm, lambda h: self.mlp(h, rngs=rngs))
     return x, cache
 
@@ -136,16 +140,21 @@ class BartStack(nnx.Module):
       self.final_norm = L.LayerNorm(cfg.d_model, **kw)
     self.dropout = L.Dropout(cfg.dropout)
 
-  def __call__(self, x, positions, *, mask=None, enc=None, enc_mask=None, caches=None, index=None, rngs=None):
+  def __call__(self, x, positions, *, mask=None, enc=None, enc_mask=None, caches=None, index=None, rngs=None,
+               rows=None, enc_rows=None):
     """x: [B, T, d] token embeddings, positions: i32[B|1, T] -> ([B, T, d], new (k, v) layer-major | None).
 
     caches: (k, v, cross_k, cross_v) layer-major [L, B, ...] for cached decoding at index i32[B].
+    rows: padding-free (token_rows.TokenRows): the layers run on x's token rows and return them, [N, d];
+    enc_rows: enc is the encoder's token rows.
     """
     x = x + self.positions(positions + POS_OFFSET).astype(x.dtype)
+    if rows is not None:
+      x = rows.gather(x)
     x = self.dropout(self.embed_norm(x), rngs)
     if caches is None:
       def body(layer, h, _, r):
-        return layer(h, mask=mask, enc=enc, enc_mask=enc_mask, rngs=r)[0], None
+        return layer(h, mask=mask, enc=enc, enc_mask=enc_mask, rngs=r, rows=rows, enc_rows=enc_rows)[0], None
       x, new = L.apply_layers(self.layers, body, x, num_layers=self.num_layers, scan=self.cfg.scan_layers,
                               remat=self.cfg.remat, rngs=rngs)
     else:
@@ -180,26 +189,29 @@ class Bart(nnx.Module):
     """i32[B, T] -> [B, T, d] token embeddings, scaled like HF's (for prompts next to pose embeddings)."""
     return self.shared(ids) * jnp.asarray(self.embed_scale, self.dtype)
 
-  def encode(self, input_ids=None, attention_mask=None, inputs_embeds=None, rngs=None) -> jax.Array:
-    """input_ids i32[B, S] or inputs_embeds [B, S, d] (used as given, like HF); mask [B, S] -> [B, S, d]."""
+  def encode(self, input_ids=None, attention_mask=None, inputs_embeds=None, rngs=None, rows=None) -> jax.Array:
+    """input_ids i32[B, S] or inputs_embeds [B, S, d] (used as given, like HF); mask [B, S] -> [B, S, d].
+
+    rows: padding-free (token_rows.TokenRows of attention_mask): returns the tokens' rows [N, d] instead.
+    """
     x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
     pos = jnp.arange(x.shape[1])[None]
-    return self.encoder(x, pos, mask=L.key_mask(attention_mask), rngs=rngs)[0]
+    return self.encoder(x, pos, mask=L.key_mask(attention_mask), rngs=rngs, rows=rows)[0]
 
   def logits(self, x: jax.Array) -> jax.Array:
     out = self.shared.attend(x) if self.config.tie_word_embeddings else self.lm_head(x)
     return out.astype(jnp.float32) + self.final_logits_bias[...].astype(jnp.float32)
 
   def decode(self, decoder_input_ids, encoder_hidden=None, encoder_mask=None, decoder_attention_mask=None,
-             cache: Optional[L.Seq2SeqCache] = None, rngs=None):
-    """Decoder pass -> (logits f32[B, T, V], cache); see t5.T5.decode."""
+             cache: Optional[L.Seq2SeqCache] = None, rngs=None, rows=None, encoder_rows=None):
+    """Decoder pass -> (logits f32[B, T, V], cache); see t5.T5.decode (padding-free `rows` included)."""
     x = self.embed(decoder_input_ids)
     t = x.shape[1]
     if cache is None:
       mask = L.combine_masks(L.causal_mask(t), L.key_mask(decoder_attention_mask))
       x, _ = self.decoder(x, jnp.arange(t)[None], mask=mask, enc=encoder_hidden,
-                          enc_mask=L.key_mask(encoder_mask), rngs=rngs)
-      return self.logits(x), None
+                          enc_mask=L.key_mask(encoder_mask), rngs=rngs, rows=rows, enc_rows=encoder_rows)
+      return (self.logits(x) if rows is None else rows.scatter(self.logits(x))), None
     pos = cache.index[:, None] + jnp.arange(t)[None]
     x, (k, v) = self.decoder(x, pos, enc_mask=L.key_mask(cache.enc_mask), caches=cache.layer_major(),
                              index=cache.index, rngs=rngs)

@@ -292,15 +292,21 @@ class Attention(nnx.Module):
     self.dropout = Dropout(dropout)
     self.impl = 'einsum'  # see set_attention_impl
 
-  def project_kv(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """x: [B, S, d_model] -> k, v: [B, S, H_kv, D] (precompute cross-attention k/v once per source)."""
-    b, s, _ = x.shape
-    shape = (b, s, self.num_kv_heads, self.head_dim)
-    return self.k_proj(x).reshape(shape), self.v_proj(x).reshape(shape)
+  def project_kv(self, x: jax.Array, rows=None) -> tuple[jax.Array, jax.Array]:
+    """x: [B, S, d_model] -> k, v: [B, S, H_kv, D] (precompute cross-attention k/v once per source).
+
+    With `rows` (token_rows.TokenRows), x is the source's token rows [N, d_model]: the projections run on
+    the rows and k, v are scattered back to [B, S, H_kv, D].
+    """
+    k, v = self.k_proj(x), self.v_proj(x)
+    if rows is not None:
+      k, v = rows.scatter(k), rows.scatter(v)
+    shape = k.shape[:2] + (self.num_kv_heads, self.head_dim)
+    return k.reshape(shape), v.reshape(shape)
 
   def __call__(self, x: jax.Array, kv=None, *, mask: Optional[jax.Array] = None,
                bias: Optional[jax.Array] = None, rotary: Optional[Callable] = None,
-               cache: Optional[KVCache] = None, rngs: Optional[nnx.Rngs] = None):
+               cache: Optional[KVCache] = None, rngs: Optional[nnx.Rngs] = None, rows=None, kv_rows=None):
     """Attends x to itself, or to `kv` (cross-attention).
 
     x: [B, T, d_model]. kv: None (self-attention), a source [B, S, d_model], or precomputed (k, v) from
@@ -309,15 +315,22 @@ class Attention(nnx.Module):
     caller's business, including the cache offset). cache: self-attention KVCache; then the new k/v are
     written at cache.index, the keys are the whole cache [B, S_max] with a causal mask from the index,
     and (y, new_cache) is returned. Returns y: [B, T, d_model].
+
+    Padding-free (token_rows): with `rows`, x is the token rows [N, d_model] of a [B, T] batch and so is y;
+    the projections run on the rows and only the attention core on [B, T, H, D]. `kv_rows` does the same
+    for a cross-attention source given as rows (a self-attention source is x itself, with `rows`).
     """
-    b, t, _ = x.shape
-    q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+    q = self.q_proj(x)
+    if rows is not None:
+      q = rows.scatter(q)
+    b, t = q.shape[:2]
+    q = q.reshape(b, t, self.num_heads, self.head_dim)
     if kv is None:
-      k, v = self.project_kv(x)
+      k, v = self.project_kv(x, rows)
     elif isinstance(kv, (tuple, list)):
       k, v = kv
     else:
-      k, v = self.project_kv(kv)
+      k, v = self.project_kv(kv, kv_rows)
     if rotary is not None:
       q, k = rotary(q, k)
     if cache is not None:
@@ -327,7 +340,8 @@ class Attention(nnx.Module):
       mask = causal if mask is None else jnp.logical_and(mask, causal)
       cache = KVCache(k, v, cache.index + t)
     out = self._attend(q, k, v, mask, bias, rngs)
-    y = self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
+    out = out.reshape(b, t, self.num_heads * self.head_dim)
+    y = self.o_proj(out if rows is None else rows.gather(out))
     return y if cache is None else (y, cache)
 
   def _attend(self, q, k, v, mask, bias, rngs):

@@ -57,6 +57,14 @@ class PoseFrontEnd(nnx.Module):
     self.positions = positions
     self.dropout = L.Dropout(dropout)
 
+  def max_outputs(self, num_frames: int, batch_size: int) -> int:
+    """A bound on the real output positions of a batch with num_frames real frames over batch_size rows whose
+    masks are prefixes (frames, then padding): a block of stride s keeps ceil(n_b / s) of row b's n_b, and
+    the sum of those is at most (num_frames + batch_size * (s - 1)) // s."""
+    for block in self.blocks:
+      num_frames = (num_frames + batch_size * (block.stride - 1)) // block.stride
+    return num_frames
+
   def __call__(self, poses: jax.Array, pose_mask: jax.Array,
                rngs: Optional[nnx.Rngs] = None) -> tuple[jax.Array, jax.Array]:
     """poses: f32[B, T, K, C], pose_mask: bool[B, T] -> (x [B, T', d_model], mask bool[B, T']).

@@ -21,6 +21,7 @@ from flax import nnx
 from slt_jax.models import bart, causal_slt, hf, lora, t5
 from slt_jax.models import layers as L
 from slt_jax.models.pose_frontend import PoseFrontEnd
+from slt_jax.models.token_rows import TokenCounts, TokenRows
 
 SEQ2SEQ = {'t5': t5, 'mt5': t5, 'bart': bart, 'mbart': bart}
 
@@ -42,33 +43,53 @@ class Seq2SeqSLT(nnx.Module):
     self.prompt_ids = tuple(int(i) for i in prompt_ids)
     self.forced_eos = bool(forced_eos)
 
-  def encode(self, poses: jax.Array, pose_mask: jax.Array, rngs=None) -> tuple[jax.Array, jax.Array]:
-    """poses f32[B, T, K, C], pose_mask bool[B, T] -> encoder states [B, S, d], mask bool[B, S]."""
+  def encode(self, poses: jax.Array, pose_mask: jax.Array, rngs=None,
+             num_frames: Optional[int] = None) -> tuple[jax.Array, jax.Array, Optional[TokenRows]]:
+    """poses f32[B, T, K, C], pose_mask bool[B, T] -> encoder states [B, S, d], mask bool[B, S], None.
+
+    Padding-free, with num_frames (a static bound on the real frames): the encoder runs on its tokens' rows
+    and returns (their rows [N, d], mask, their TokenRows).
+    """
     x, mask = self.frontend(poses, pose_mask, rngs=rngs)
+    b = x.shape[0]
     if self.prompt_ids:
-      b = x.shape[0]
       p = self.lm.embed(jnp.asarray(self.prompt_ids, jnp.int32)[None]).astype(x.dtype)
       x = jnp.concatenate([jnp.broadcast_to(p, (b,) + p.shape[1:]), x], axis=1)
       mask = jnp.concatenate([jnp.ones((b, len(self.prompt_ids)), bool), mask], axis=1)
-    return self.lm.encode(inputs_embeds=x, attention_mask=mask, rngs=rngs), mask
+    rows = None
+    if num_frames is not None:
+      bound = self.frontend.max_outputs(num_frames, b) + b * len(self.prompt_ids)
+      rows = TokenRows.from_mask(mask, min(bound, mask.size))
+    return self.lm.encode(inputs_embeds=x, attention_mask=mask, rngs=rngs, rows=rows), mask, rows
 
   def _prefix(self, b: int) -> jax.Array:
     return jnp.broadcast_to(jnp.asarray(self.decoder_prefix, jnp.int32)[None], (b, len(self.decoder_prefix)))
 
-  def __call__(self, batch: dict, rngs: Optional[nnx.Rngs] = None) -> jax.Array:
-    """Teacher forcing: batch['poses'], ['pose_mask'], ['labels'] i32[B, L] -> logits f32[B, L, V]."""
+  def __call__(self, batch: dict, rngs: Optional[nnx.Rngs] = None,
+               counts: Optional[TokenCounts] = None) -> jax.Array:
+    """Teacher forcing: batch['poses'], ['pose_mask'], ['labels'] i32[B, L] -> logits f32[B, L, V].
+
+    counts: padding-free (token_rows): static bounds on the batch's real frames and label tokens (prefix
+    masks, as the input pipeline makes them); the position-wise layers then run on the real tokens only and
+    the logits of padding positions are 0.
+    """
     with lora.dropout_rngs(self.lm, rngs):  # adapter dropout (a no-op without adapters)
-      enc, mask = self.encode(batch['poses'], batch['pose_mask'], rngs=rngs)
+      enc, mask, enc_rows = self.encode(batch['poses'], batch['pose_mask'], rngs=rngs,
+                                        num_frames=None if counts is None else counts.frames)
       labels = batch['labels']
-      p = len(self.decoder_prefix)
-      dec_in = jnp.concatenate([self._prefix(labels.shape[0]), labels[:, :-1]], axis=1)
+      b, p = labels.shape[0], len(self.decoder_prefix)
+      dec_in = jnp.concatenate([self._prefix(b), labels[:, :-1]], axis=1)
+      dec_rows = None
+      if counts is not None:  # the decoder's tokens: the prefix after the start token, then the labels
+        dec_mask = jnp.concatenate([jnp.ones((b, p - 1), bool), batch['label_mask'].astype(bool)], axis=1)
+        dec_rows = TokenRows.from_mask(dec_mask, min(counts.labels + b * (p - 1), dec_mask.size))
       # Positions after EOS are padding; the causal mask keeps them out of the real positions.
-      logits, _ = self.lm.decode(dec_in, enc, mask, rngs=rngs)
+      logits, _ = self.lm.decode(dec_in, enc, mask, rngs=rngs, rows=dec_rows, encoder_rows=enc_rows)
     return logits[:, p - 1:]
 
   def start_decode(self, poses: jax.Array, pose_mask: jax.Array, max_new_tokens: int):
     """-> (logits f32[B, V] of the first generated token, state: Seq2SeqCache, every leaf batch-first)."""
-    enc, mask = self.encode(poses, pose_mask)
+    enc, mask, _ = self.encode(poses, pose_mask)
     state = self.lm.init_cache(enc, mask, len(self.decoder_prefix) + max_new_tokens)
     logits, state = self.lm.decode(self._prefix(enc.shape[0]), cache=state)
     return logits[:, -1], state
@@ -125,6 +146,9 @@ def build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs) -> nnx.M
   """The SLT model of the contract; pose_dim = K * C. Decoder-only families go to causal_slt.CausalSLT.
   With model.use_lora the backbone gets (Q)LoRA adapters (lora.apply_from_config)."""
   model = _build_model(config, vocab_size, pose_dim, rngs)
+  if config.model.get('padding_free', 0) and not isinstance(model, Seq2SeqSLT):
+    raise ValueError(f'model.padding_free={config.model.padding_free}: padding-free training is implemented for '
+                     f'the encoder-decoder families {sorted(SEQ2SEQ)}; set it to 0 for decoder-only models')
   L.set_attention_impl(model, config.model.attention)
   if config.model.use_lora:
     lora.apply_from_config(model.lm, config, rngs)

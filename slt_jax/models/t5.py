@@ -148,15 +148,20 @@ class T5Block(nnx.Module):
                      dropout=cfg.dropout_rate, kernel_init=mlp_init, rngs=rngs, **kw)
     self.dropout = L.Dropout(cfg.dropout_rate)
 
-  def __call__(self, x, *, mask=None, bias=None, enc=None, enc_mask=None, cache=None, rngs=None):
-    """x: [B, T, d]; enc: encoder states [B, S, d] or their (k, v); cache: KVCache -> (x, cache)."""
+  def __call__(self, x, *, mask=None, bias=None, enc=None, enc_mask=None, cache=None, rngs=None, rows=None,
+               enc_rows=None):
+    """x: [B, T, d]; enc: encoder states [B, S, d] or their (k, v); cache: KVCache -> (x, cache).
+
+    Padding-free: with `rows` (token_rows.TokenRows) x is the token rows [N, d]; with `enc_rows`, enc is.
+    """
     drop = lambda y: self.dropout(y, rngs)
-    y = self.self_attn(self.self_norm(x), mask=mask, bias=bias, cache=cache, rngs=rngs)
+    y = self.self_attn(self.self_norm(x), mask=mask, bias=bias, cache=cache, rngs=rngs, rows=rows)
     if cache is not None:
       y, cache = y
     x = x + drop(y)
     if self.cross:
-      x = x + drop(self.cross_attn(self.cross_norm(x), enc, mask=enc_mask, rngs=rngs))
+      x = x + drop(self.cross_attn(self.cross_norm(x), enc, mask=enc_mask, rngs=rngs, rows=rows,
+                                   kv_rows=enc_rows))
     x = x + drop(self.mlp(self.mlp_norm(x), rngs=rngs))
     return x, cache
 
@@ -183,17 +188,20 @@ class T5Stack(nnx.Module):
     return jnp.transpose(self.rel_bias.embedding[...][buckets].astype(jnp.float32), (0, 3, 1, 2))
 
   def __call__(self, x, *, mask=None, bias=None, enc=None, enc_mask=None, caches=None, index=None,
-               rngs=None):
+               rngs=None, rows=None, enc_rows=None):
     """x: [B, T, d] embeddings -> [B, T, d] after the final norm.
 
     caches: (k, v, cross_k, cross_v) layer-major [L, B, ...] for cached decoding (index: i32[B]);
     returns (x, new (k, v)) then, else (x, None).
+    rows: padding-free (token_rows.TokenRows): the stack runs on x's token rows and returns them, [N, d];
+    enc_rows: enc is the encoder's token rows.
     """
     drop = lambda y: self.dropout(y, rngs)
-    x = drop(x)
+    x = drop(x if rows is None else rows.gather(x))
     if caches is None:
       def body(layer, h, _, r):
-        return layer(h, mask=mask, bias=bias, enc=enc, enc_mask=enc_mask, rngs=r)[0], None
+        return layer(h, mask=mask, bias=bias, enc=enc, enc_mask=enc_mask, rngs=r, rows=rows,
+                     enc_rows=enc_rows)[0], None
       x, new = L.apply_layers(self.layers, body, x, num_layers=self.num_layers, scan=self.cfg.scan_layers,
                               remat=self.cfg.remat, rngs=rngs)
     else:
@@ -225,12 +233,15 @@ class T5(nnx.Module):
     """i32[B, T] -> [B, T, d_model] text embeddings (for prompts next to pose embeddings)."""
     return self.shared(ids)
 
-  def encode(self, input_ids=None, attention_mask=None, inputs_embeds=None, rngs=None) -> jax.Array:
-    """input_ids i32[B, S] or inputs_embeds [B, S, d]; attention_mask [B, S] (1 = real) -> [B, S, d]."""
+  def encode(self, input_ids=None, attention_mask=None, inputs_embeds=None, rngs=None, rows=None) -> jax.Array:
+    """input_ids i32[B, S] or inputs_embeds [B, S, d]; attention_mask [B, S] (1 = real) -> [B, S, d].
+
+    rows: padding-free (token_rows.TokenRows of attention_mask): returns the tokens' rows [N, d] instead.
+    """
     x = self.shared(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
     s = x.shape[1]
     bias = self.encoder.position_bias(jnp.arange(s)[None], s)
-    return self.encoder(x, mask=L.key_mask(attention_mask), bias=bias, rngs=rngs)[0]
+    return self.encoder(x, mask=L.key_mask(attention_mask), bias=bias, rngs=rngs, rows=rows)[0]
 
   def logits(self, x: jax.Array) -> jax.Array:
     """Decoder output [B, T, d] -> f32[B, T, V]."""
@@ -240,12 +251,14 @@ class T5(nnx.Module):
     return out.astype(jnp.float32)
 
   def decode(self, decoder_input_ids, encoder_hidden=None, encoder_mask=None, decoder_attention_mask=None,
-             cache: Optional[L.Seq2SeqCache] = None, rngs=None):
+             cache: Optional[L.Seq2SeqCache] = None, rngs=None, rows=None, encoder_rows=None):
     """Decoder pass -> (logits f32[B, T, V], cache).
 
     Without cache: teacher forcing over decoder_input_ids i32[B, T] attending to encoder_hidden [B, S, d]
     (encoder_mask [B, S]). With cache (from init_cache): the T new tokens continue the cached ones;
     encoder_hidden/encoder_mask are ignored (the cache holds them) and the updated cache is returned.
+    Padding-free teacher forcing (token_rows.TokenRows): the decoder and the LM head run on the rows of
+    `rows`' tokens (the logits of other positions are 0); encoder_hidden is the rows of `encoder_rows`.
     """
     x = self.shared(decoder_input_ids)
     t = x.shape[1]
@@ -253,8 +266,8 @@ class T5(nnx.Module):
       bias = self.decoder.position_bias(jnp.arange(t)[None], t)
       mask = L.combine_masks(L.causal_mask(t), L.key_mask(decoder_attention_mask))
       x, _ = self.decoder(x, mask=mask, bias=bias, enc=encoder_hidden, enc_mask=L.key_mask(encoder_mask),
-                          rngs=rngs)
-      return self.logits(x), None
+                          rngs=rngs, rows=rows, enc_rows=encoder_rows)
+      return (self.logits(x) if rows is None else rows.scatter(self.logits(x))), None
     q_pos = cache.index[:, None] + jnp.arange(t)[None]
     bias = self.decoder.position_bias(q_pos, cache.k.shape[2])
     x, (k, v) = self.decoder(x, bias=bias, enc_mask=L.key_mask(cache.enc_mask), caches=cache.layer_major(),

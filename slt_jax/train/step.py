@@ -5,13 +5,16 @@ The model lives as `(graphdef, params, rest)`: `params` are the trained variable
 batch, jitted once by the trainer with explicit shardings and the state donated. No tensorflow import here:
 GPU hosts run this without it.
 """
-from typing import Any
+from typing import Any, Optional
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
+
+from slt_jax.models.token_rows import TokenCounts
 
 
 @flax.struct.dataclass
@@ -58,6 +61,28 @@ def _split_microbatches(batch, num_micro: int):
   return jax.tree.map(split, batch)
 
 
+def padding_free_counts(batch: dict, multiple: int, grad_accum: int = 1) -> Optional[TokenCounts]:
+  """model.padding_free: the static TokenCounts of a host batch, or None when `multiple` is 0 (off).
+
+  The most real pose frames and label tokens in any of its `grad_accum` micro-batches, each rounded up to a
+  multiple of `multiple` (every distinct value compiles its own step). The models derive their row counts
+  from these assuming prefix masks (real entries, then padding), as the input pipeline makes them; a batch
+  with holes in a mask is refused here rather than have tokens dropped.
+  """
+  if multiple <= 0:
+    return None
+  counts = []
+  for key in ('pose_mask', 'label_mask'):
+    mask = np.asarray(batch[key]).astype(bool)
+    lengths = mask.sum(axis=1)
+    if not np.array_equal(mask, np.arange(mask.shape[1])[None] < lengths[:, None]):
+      raise ValueError(f'model.padding_free needs batch[{key!r}] to be a prefix mask (real entries, then '
+                       'padding) in every row; set model.padding_free=0 for masks with holes')
+    most = int(lengths.reshape(grad_accum, -1).sum(axis=1).max())
+    counts.append(max(-(-most // multiple) * multiple, multiple))
+  return TokenCounts(*counts)
+
+
 def dropout_rng_impl(setting: str) -> str:
   """training.dropout_rng -> the PRNG of a step's dropout key: 'auto' is rbg on CPU and threefry on
   accelerators (where it shards without replicating the key derivation)."""
@@ -80,7 +105,7 @@ def dropout_key(step_rng: jax.Array, impl: str = 'threefry') -> jax.Array:
 
 
 def train_step(state: TrainState, batch, *, graphdef, rest, tx, label_smoothing: float, grad_accum: int = 1,
-               rng_impl: str = 'threefry'):
+               rng_impl: str = 'threefry', counts: Optional[TokenCounts] = None):
   """One optimizer step (with `grad_accum` micro-batches scanned sequentially).
 
   Args:
@@ -89,6 +114,8 @@ def train_step(state: TrainState, batch, *, graphdef, rest, tx, label_smoothing:
       label_mask bool[B, L], ...
     graphdef, rest: the static model graph and its non-trained variables.
     rng_impl: PRNG of the dropout masks ('threefry' | 'rbg', see dropout_key).
+    counts: padding-free (model.padding_free): the batch's static TokenCounts (padding_free_counts); the
+      model then runs its position-wise layers on the real tokens only. None: the padded computation.
   Returns:
     (new state, metrics dict of scalars: loss, num_tokens, grad_norm, nonfinite_count).
   """
@@ -100,7 +127,8 @@ def train_step(state: TrainState, batch, *, graphdef, rest, tx, label_smoothing:
     # copy=True: fresh Variables at this (grad) trace level; `rest`'s own ones belong to the jit level, and
     # nnx.scan refuses those (the frozen LoRA base lives in `rest`).
     model = nnx.merge(graphdef, params, rest, copy=True)
-    logits = model(micro, rngs=nnx.Rngs(dropout=key))
+    rngs = nnx.Rngs(dropout=key)
+    logits = model(micro, rngs=rngs) if counts is None else model(micro, rngs=rngs, counts=counts)
     loss_sum, n = cross_entropy(logits, micro['labels'], micro['label_mask'], label_smoothing)
     return loss_sum / jnp.maximum(n, 1.0), (loss_sum, n)
 

@@ -210,11 +210,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if is_main:
     writer.write_hparams({k: v for k, v in config.training.items() if isinstance(v, (int, float, str, bool))})
 
-  train_fn = sharding_lib.jit_train_step(
-      functools.partial(step_lib.train_step, graphdef=run.graphdef, tx=run.tx, label_smoothing=t.label_smoothing,
-                        grad_accum=t.gradient_accumulation_steps,
-                        rng_impl=step_lib.dropout_rng_impl(t.dropout_rng)),
-      run.state_shardings, run.rest, run.mesh)
+  train_fns = {}  # padding-free TokenCounts (None: padded) -> jitted train step; each compiles once
+
+  def train_fn(state, batch, device_batch):
+    counts = step_lib.padding_free_counts(batch, config.model.padding_free, t.gradient_accumulation_steps)
+    if counts not in train_fns:
+      train_fns[counts] = sharding_lib.jit_train_step(
+          functools.partial(step_lib.train_step, graphdef=run.graphdef, tx=run.tx,
+                            label_smoothing=t.label_smoothing, grad_accum=t.gradient_accumulation_steps,
+                            rng_impl=step_lib.dropout_rng_impl(t.dropout_rng), counts=counts),
+          run.state_shardings, run.rest, run.mesh)
+    return train_fns[counts](state, device_batch)
   decode_fn = make_decode_fn(run.graphdef, run.config.decode, t.seed)
   batch_sharding = sharding_lib.batch_sharding(run.mesh)
   lr_schedule = optim.learning_rate_schedule(config, num_steps)
@@ -231,7 +237,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   with _StopRequest() as stop:
     while step < num_steps:
       batch, device_batch = next(train_iter)
-      state, metrics = train_fn(state, device_batch)
+      state, metrics = train_fn(state, batch, device_batch)
       step += 1
       pending.append((metrics, _batch_counts(batch)))
       if is_main and batch['poses'].shape not in step_flops:  # once per batch shape: one trace, no compile
