@@ -219,3 +219,15 @@ def test_matmul_gradients_equal_autodiff():
   ref = jax.grad(lambda *a: loss(plain, *a), argnums=(0, 1, 2))(x, w_up, w_down)
   for a, b in zip(ours, ref):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('bias_shape', [(1, 3, 5, 6), (4, 3, 5, 6), (1, 1, 5, 6), (3, 5, 6), (4, 1, 1, 6)])
+def test_add_bias_gradient_matches_autodiff(bias_shape):
+  """add_bias sums a batch-shared bias's gradient as a GEMV; any broadcast shape gets autodiff's gradient."""
+  rs = np.random.RandomState(0)
+  logits, bias, w = rs.randn(4, 3, 5, 6), rs.randn(*bias_shape), rs.randn(4, 3, 5, 6)
+  grads = lambda add: jax.grad(lambda l, b: jnp.sum(add(l, b) * w), argnums=(0, 1))(logits, bias)
+  ours, plain = grads(L.add_bias), grads(lambda l, b: l + b)
+  for a, b in zip(ours, plain):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

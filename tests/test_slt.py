@@ -10,6 +10,7 @@ from flax import nnx
 from slt_jax import default_config
 from slt_jax.models import slt
 from slt_jax.models.pose_frontend import PoseFrontEnd
+from slt_jax.train import step as step_lib
 
 K, C, V = 5, 3, 48
 B, T, L = 3, 12, 6
@@ -170,3 +171,40 @@ def test_pretrained_families_train_and_decode(pretrained, name, model_kw, prefix
     _check_decode_matches_forward(model, batch)
   losses = _train(model, batch, steps=12)
   assert losses[-1] < 0.75 * losses[0], losses
+
+
+# --- padding-free training (model.padding_free) ------------------------------------------------------------
+
+def _check_padding_free_matches_padded(model, batch, label_smoothing=0.1):
+  """token_logits' loss and gradients equal the padded forward's (no dropout: its masks follow positions)."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  counts = step_lib.padding_free_counts(batch, 4)
+
+  def loss(params, counts):
+    m = nnx.merge(graphdef, params, rest)
+    if counts is None:
+      logits, labels, mask = m(batch), batch['labels'], batch['label_mask']
+    else:
+      logits, labels, mask = m.token_logits(batch, counts)
+      assert logits.ndim == 2 and logits.shape[0] < batch['labels'].size  # the token rows, not [B, L]
+    loss_sum, n = step_lib.cross_entropy(logits, labels, mask, label_smoothing)
+    return loss_sum / n
+
+  loss_and_grads = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  padded_loss, padded_grads = loss_and_grads(params, None)
+  free_loss, free_grads = loss_and_grads(params, counts)
+  np.testing.assert_allclose(free_loss, padded_loss, rtol=1e-5)
+  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(padded_grads))
+  for a, b in zip(jax.tree.leaves(free_grads), jax.tree.leaves(padded_grads)):
+    np.testing.assert_allclose(a, b, atol=1e-5 * scale)
+
+
+def test_padding_free_matches_padded_t5(model):
+  _check_padding_free_matches_padded(model, _batch())
+
+
+def test_padding_free_matches_padded_bart_with_prompt_and_two_token_prefix(pretrained):
+  model = slt.build_model(_config('bart', pretrained['bart'], prompt='translate signs'), V, K * C,
+                          rngs=nnx.Rngs(params=0))
+  assert model.decoder_prefix == (2, 0) and model.prompt_ids == (5, 6)
+  _check_padding_free_matches_padded(model, _batch(eos=model.eos_id, pad=model.pad_id))

@@ -211,7 +211,7 @@ class Bart(nnx.Module):
       mask = L.combine_masks(L.causal_mask(t), L.key_mask(decoder_attention_mask))
       x, _ = self.decoder(x, jnp.arange(t)[None], mask=mask, enc=encoder_hidden,
                           enc_mask=L.key_mask(encoder_mask), rngs=rngs, rows=rows, enc_rows=encoder_rows)
-      return (self.logits(x) if rows is None else rows.scatter(self.logits(x))), None
+      return self.logits(x), None
     pos = cache.index[:, None] + jnp.arange(t)[None]
     x, (k, v) = self.decoder(x, pos, enc_mask=L.key_mask(cache.enc_mask), caches=cache.layer_major(),
                              index=cache.index, rngs=rngs)

@@ -22,7 +22,7 @@ Why qwix only quantizes here (qwix.LoraProvider / apply_lora_to_model do not ser
 - they intercept one method (`__call__`): start_decode / decode_step would run silently without adapters;
 - their LoRA dropout needs rngs stored in the modules, which a pure jitted train step cannot advance.
 
-Dropout: active inside `dropout_rngs(lm, rngs)` (the SLT models enter it in `__call__`); each adapted kernel
+Dropout: active inside `dropout_rngs(lm, rngs)` (the SLT models enter it for teacher forcing); each adapted kernel
 and layer draws its own mask from one key per call.
 """
 import contextlib

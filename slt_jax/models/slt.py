@@ -65,14 +65,9 @@ class Seq2SeqSLT(nnx.Module):
   def _prefix(self, b: int) -> jax.Array:
     return jnp.broadcast_to(jnp.asarray(self.decoder_prefix, jnp.int32)[None], (b, len(self.decoder_prefix)))
 
-  def __call__(self, batch: dict, rngs: Optional[nnx.Rngs] = None,
-               counts: Optional[TokenCounts] = None) -> jax.Array:
-    """Teacher forcing: batch['poses'], ['pose_mask'], ['labels'] i32[B, L] -> logits f32[B, L, V].
-
-    counts: padding-free (token_rows): static bounds on the batch's real frames and label tokens (prefix
-    masks, as the input pipeline makes them); the position-wise layers then run on the real tokens only and
-    the logits of padding positions are 0.
-    """
+  def _teacher_forced(self, batch: dict, rngs, counts: Optional[TokenCounts]):
+    """-> (logits f32[B, P - 1 + L, V] over the decoder's positions, None), or padding-free with counts:
+    (logits f32[N, V] of the decoder's token rows, their TokenRows)."""
     with lora.dropout_rngs(self.lm, rngs):  # adapter dropout (a no-op without adapters)
       enc, mask, enc_rows = self.encode(batch['poses'], batch['pose_mask'], rngs=rngs,
                                         num_frames=None if counts is None else counts.frames)
@@ -85,7 +80,25 @@ class Seq2SeqSLT(nnx.Module):
         dec_rows = TokenRows.from_mask(dec_mask, min(counts.labels + b * (p - 1), dec_mask.size))
       # Positions after EOS are padding; the causal mask keeps them out of the real positions.
       logits, _ = self.lm.decode(dec_in, enc, mask, rngs=rngs, rows=dec_rows, encoder_rows=enc_rows)
-    return logits[:, p - 1:]
+    return logits, dec_rows
+
+  def __call__(self, batch: dict, rngs: Optional[nnx.Rngs] = None) -> jax.Array:
+    """Teacher forcing: batch['poses'], ['pose_mask'], ['labels'] i32[B, L] -> logits f32[B, L, V]."""
+    logits, _ = self._teacher_forced(batch, rngs, None)
+    return logits[:, len(self.decoder_prefix) - 1:]
+
+  def token_logits(self, batch: dict, counts: TokenCounts, rngs: Optional[nnx.Rngs] = None):
+    """Padding-free teacher forcing (token_rows): the position-wise layers run on the real tokens only.
+
+    counts: static bounds on the batch's real frames and label tokens (slt_jax.train.step.padding_free_counts;
+    prefix masks, as the input pipeline makes them). Returns the decoder's token rows: (logits f32[N, V],
+    labels i32[N], label_mask bool[N]); the prefix rows and the filler rows past the count have mask False.
+    """
+    logits, rows = self._teacher_forced(batch, rngs, counts)
+    b, p = batch['labels'].shape[0], len(self.decoder_prefix)
+    labels = jnp.concatenate([jnp.zeros((b, p - 1), jnp.int32), batch['labels'].astype(jnp.int32)], axis=1)
+    mask = jnp.concatenate([jnp.zeros((b, p - 1), bool), batch['label_mask'].astype(bool)], axis=1)
+    return logits, rows.gather(labels), rows.gather(mask)
 
   def start_decode(self, poses: jax.Array, pose_mask: jax.Array, max_new_tokens: int):
     """-> (logits f32[B, V] of the first generated token, state: Seq2SeqCache, every leaf batch-first)."""
@@ -145,20 +158,24 @@ def trainable_filter(config):
 def build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs) -> nnx.Module:
   """The SLT model of the contract; pose_dim = K * C. Decoder-only families go to causal_slt.CausalSLT.
   With model.use_lora the backbone gets (Q)LoRA adapters (lora.apply_from_config)."""
-  model = _build_model(config, vocab_size, pose_dim, rngs)
-  if config.model.get('padding_free', 0) and not isinstance(model, Seq2SeqSLT):
+  if config.model.get('padding_free', 0) and _family(config) not in SEQ2SEQ:
     raise ValueError(f'model.padding_free={config.model.padding_free}: padding-free training is implemented for '
-                     f'the encoder-decoder families {sorted(SEQ2SEQ)}; set it to 0 for decoder-only models')
+                     f'the encoder-decoder families {sorted(SEQ2SEQ)}, not {_family(config)!r}; set it to 0')
+  model = _build_model(config, vocab_size, pose_dim, rngs)
   L.set_attention_impl(model, config.model.attention)
   if config.model.use_lora:
     lora.apply_from_config(model.lm, config, rngs)
   return model
 
 
+def _family(config) -> str:
+  """The model family: the checkpoint's model_type (config.model.name), else config.model.family."""
+  return hf.read_config(config.model.name)['model_type'] if config.model.name else config.model.family
+
+
 def _build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs) -> nnx.Module:
   mc = config.model
-  family = hf.read_config(mc.name)['model_type'] if mc.name else mc.family
-  if family not in SEQ2SEQ:
+  if _family(config) not in SEQ2SEQ:
     return causal_slt.build_causal_model(config, vocab_size, pose_dim, rngs)
   lm, family = build_lm(config, vocab_size, rngs)
   cfg = lm.config

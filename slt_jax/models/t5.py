@@ -257,8 +257,8 @@ class T5(nnx.Module):
     Without cache: teacher forcing over decoder_input_ids i32[B, T] attending to encoder_hidden [B, S, d]
     (encoder_mask [B, S]). With cache (from init_cache): the T new tokens continue the cached ones;
     encoder_hidden/encoder_mask are ignored (the cache holds them) and the updated cache is returned.
-    Padding-free teacher forcing (token_rows.TokenRows): the decoder and the LM head run on the rows of
-    `rows`' tokens (the logits of other positions are 0); encoder_hidden is the rows of `encoder_rows`.
+    Padding-free teacher forcing (token_rows.TokenRows): the decoder and the LM head run on the token rows of
+    `rows` and the logits are theirs, f32[N, V]; encoder_hidden is the token rows of `encoder_rows`.
     """
     x = self.shared(decoder_input_ids)
     t = x.shape[1]
@@ -267,7 +267,7 @@ class T5(nnx.Module):
       mask = L.combine_masks(L.causal_mask(t), L.key_mask(decoder_attention_mask))
       x, _ = self.decoder(x, mask=mask, bias=bias, enc=encoder_hidden, enc_mask=L.key_mask(encoder_mask),
                           rngs=rngs, rows=rows, enc_rows=encoder_rows)
-      return (self.logits(x) if rows is None else rows.scatter(self.logits(x))), None
+      return self.logits(x), None
     q_pos = cache.index[:, None] + jnp.arange(t)[None]
     bias = self.decoder.position_bias(q_pos, cache.k.shape[2])
     x, (k, v) = self.decoder(x, bias=bias, enc_mask=L.key_mask(cache.enc_mask), caches=cache.layer_major(),

@@ -29,21 +29,22 @@ def cross_entropy(logits, labels, mask, label_smoothing: float = 0.0):
   """Summed token cross-entropy and token count.
 
   Args:
-    logits: f32[B, L, V] (any float dtype; the loss is computed in float32).
-    labels: i32[B, L].
-    mask: bool[B, L], True on tokens that count.
+    logits: f32[..., V] (any float dtype; the loss is computed in float32), e.g. [B, L, V] or token rows [N, V].
+    labels: i32[...].
+    mask: bool[...], True on tokens that count.
     label_smoothing: mass spread uniformly over the vocabulary.
   Returns:
     (loss_sum f32[], num_tokens f32[]), so micro-batches and hosts can be summed before dividing.
   """
   logits = logits.astype(jnp.float32)
   vocab = logits.shape[-1]
-  targets = jax.nn.one_hot(labels, vocab)
+  # Integer labels, no one-hot: the gradient is one fused pass over the logits instead of several.
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   if label_smoothing > 0:
-    targets = targets * (1.0 - label_smoothing) + label_smoothing / vocab
-  loss = optax.softmax_cross_entropy(logits, targets)
-  # Subtract the entropy of the smoothed target so that a perfect model scores 0.
-  if label_smoothing > 0:
+    # Against targets (1 - s) * onehot + s / V: (1 - s) * nll + s * (cross-entropy against the uniform).
+    uniform = jax.nn.logsumexp(logits, axis=-1) - jnp.mean(logits, axis=-1)
+    loss = (1.0 - label_smoothing) * loss + label_smoothing * uniform
+    # Subtract the entropy of the smoothed target so that a perfect model scores 0.
     confidence = 1.0 - label_smoothing + label_smoothing / vocab
     low = label_smoothing / vocab
     min_entropy = -(confidence * jnp.log(confidence) + (vocab - 1) * low * jnp.log(low + 1e-20))
@@ -128,8 +129,11 @@ def train_step(state: TrainState, batch, *, graphdef, rest, tx, label_smoothing:
     # nnx.scan refuses those (the frozen LoRA base lives in `rest`).
     model = nnx.merge(graphdef, params, rest, copy=True)
     rngs = nnx.Rngs(dropout=key)
-    logits = model(micro, rngs=rngs) if counts is None else model(micro, rngs=rngs, counts=counts)
-    loss_sum, n = cross_entropy(logits, micro['labels'], micro['label_mask'], label_smoothing)
+    if counts is None:
+      logits, labels, mask = model(micro, rngs=rngs), micro['labels'], micro['label_mask']
+    else:  # padding-free: the loss of the decoder's token rows
+      logits, labels, mask = model.token_logits(micro, counts, rngs=rngs)
+    loss_sum, n = cross_entropy(logits, labels, mask, label_smoothing)
     return loss_sum / jnp.maximum(n, 1.0), (loss_sum, n)
 
   grad_fn = jax.grad(loss_fn, has_aux=True)
