@@ -17,7 +17,7 @@ def _state(width=8, seed=0):
   model = nnx.Sequential(nnx.Linear(4, width, rngs=nnx.Rngs(seed)), nnx.Linear(width, 3, rngs=nnx.Rngs(seed + 1)))
   _, params, _ = nnx.split(model, nnx.Param, ...)
   tx = optim.make_optimizer(default_config.get_config(), 10)
-  return step_lib.TrainState(step=jnp.array(seed, jnp.int32), params=params, opt_state=tx.init(params),
+  return step_lib.TrainState(step=jnp.array(seed, jnp.int32), params=params, opt_state=optim.init_state(tx, params),
                              rng=jax.random.PRNGKey(seed))
 
 

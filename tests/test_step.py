@@ -50,7 +50,7 @@ def setup():
   model = TinySLT(10, 11, 4, nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optim.make_optimizer(config, 100)
-  state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+  state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optim.init_state(tx, params),
                               rng=jax.random.PRNGKey(0))
   return graphdef, rest, tx, state
 
@@ -86,7 +86,7 @@ def test_loss_falls(setup):
 def test_gradient_accumulation_equals_full_batch(setup):
   _, _, tx, _ = setup
   graphdef, params, rest = nnx.split(TinySLT(10, 11, 4, nnx.Rngs(0), dropout=0.0), nnx.Param, ...)
-  state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+  state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optim.init_state(tx, params),
                               rng=jax.random.PRNGKey(0))
   batch = _batch(1)
   run = lambda accum: step_lib.train_step(state, batch, graphdef=graphdef, rest=rest, tx=tx,

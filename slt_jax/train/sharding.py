@@ -118,13 +118,13 @@ def create_sharded_state(build_model, tx, mesh, *, seed: int, trainable=nnx.Para
   Returns:
     (graphdef, TrainState, rest, TrainState shardings) where `rest` holds the non-trained variables.
   """
-  from slt_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top  (step imports nothing of ours)
+  from slt_jax.train import optim, step as step_lib  # pylint: disable=g-import-not-at-top
 
   def build():
     return nnx.split(build_model(), trainable, ...)
 
   def init_state(params):
-    return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+    return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optim.init_state(tx, params),
                                rng=jax.random.PRNGKey(seed))
 
   graphdef, abstract_params, abstract_rest = nnx.eval_shape(build)

@@ -15,13 +15,14 @@ import optax
 from flax import nnx
 
 from slt_jax.models.token_rows import TokenCounts
+from slt_jax.train import optim
 
 
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array        # i32[], optimizer steps taken.
   params: Any            # nnx.State of the trained variables.
-  opt_state: Any         # optax state over `params`.
+  opt_state: Any         # optim.init_state: the optax state over `params` and the NaN/Inf skip counters.
   rng: jax.Array         # PRNG key for dropout; split every step.
 
 
@@ -154,13 +155,12 @@ def train_step(state: TrainState, batch, *, graphdef, rest, tx, label_smoothing:
     (grads, loss_sum, n), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0.0), (micro_batches, keys))
     grads = jax.tree.map(lambda g: g / jnp.maximum(n, 1.0), grads)
 
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  params, opt_state, grad_norm = optim.apply_gradients(tx, grads, state.opt_state, state.params)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
   metrics = {
       'loss': loss_sum / jnp.maximum(n, 1.0),
       'num_tokens': n,
-      'grad_norm': optax.global_norm(grads),
+      'grad_norm': grad_norm,
       'nonfinite_count': opt_state.notfinite_count,
   }
   return new_state, metrics
