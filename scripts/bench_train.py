@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 from ml_collections import config_flags
 
+from slt_jax import host_malloc
 from slt_jax.models import slt
 from slt_jax.train import flops as flops_lib
 from slt_jax.train import optim
@@ -49,6 +50,7 @@ def synthetic_batch(batch_size, frames, keypoints, coords, target_len, vocab_siz
 def main(argv):
   del argv
   config = _CONFIG.value
+  host_malloc.configure(config.training.host_malloc)  # as slt_jax.main, before JAX starts
   batch_size = _BATCH.value or config.training.batch_size
   vocab = _VOCAB.value or int(config.model.arch.get('vocab_size', 0) or 2000)
   pose_dim = _KEYPOINTS.value * _COORDS.value
@@ -60,14 +62,17 @@ def main(argv):
       trainable=trainable)
   # The frozen variables (`rest`, e.g. a LoRA base) are an argument: closed over, jit would embed them as constants.
   rest_shardings = jax.tree.map(lambda x: x.sharding, rest)
+  host_batch = synthetic_batch(batch_size, _FRAMES.value, _KEYPOINTS.value, _COORDS.value, _TARGET.value, vocab)
+  counts = step_lib.padding_free_counts(host_batch, config.model.padding_free,
+                                        config.training.gradient_accumulation_steps)  # as the trainer does
   step_fn = jax.jit(
       lambda s, r, b: step_lib.train_step(s, b, graphdef=graphdef, rest=r, tx=tx,
                                           label_smoothing=config.training.label_smoothing,
                                           grad_accum=config.training.gradient_accumulation_steps,
-                                          rng_impl=step_lib.dropout_rng_impl(config.training.dropout_rng)),
+                                          rng_impl=step_lib.dropout_rng_impl(config.training.dropout_rng),
+                                          counts=counts),
       in_shardings=(shardings, rest_shardings, sharding_lib.batch_sharding(mesh)),
       out_shardings=(shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
-  host_batch = synthetic_batch(batch_size, _FRAMES.value, _KEYPOINTS.value, _COORDS.value, _TARGET.value, vocab)
   batch = {k: jax.device_put(v, sharding_lib.batch_sharding(mesh)) for k, v in host_batch.items()}
 
   t0 = time.perf_counter()

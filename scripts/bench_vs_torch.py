@@ -21,12 +21,16 @@ import time
 from absl import app, flags
 import numpy as np
 
+from slt_jax import host_malloc
+
 _RUNS = flags.DEFINE_integer('runs', 3, 'Timed runs per side (the median is reported).')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per run.')
 _BATCH = flags.DEFINE_integer('batch_size', 32, 'Batch size.')
 _FRAMES = flags.DEFINE_integer('frames', 96, 'Pose frames.')
 _TARGET = flags.DEFINE_integer('target_len', 24, 'Target tokens.')
 _PADDING_FREE = flags.DEFINE_integer('padding_free', 64, "Ours: model.padding_free (0 = the padded computation).")
+_HOST_MALLOC = flags.DEFINE_enum('host_malloc', 'auto', ['auto', 'on', 'off'],
+                                 'glibc malloc tuning of slt_jax/host_malloc.py, for both sides (one process).')
 _JSON = flags.DEFINE_bool('json', False, 'Print a JSON object as the last line.')
 
 ARCH = dict(d_model=256, d_kv=32, d_ff=1024, num_layers=3, num_decoder_layers=3, num_heads=8,
@@ -167,6 +171,8 @@ def _seconds(fn, calls):
 
 def main(argv):
   del argv
+  # As slt_jax.main does (training.host_malloc=auto) before JAX starts. One process: PyTorch runs with it too.
+  host_malloc.configure(_HOST_MALLOC.value)
   batch = _batch()
   ours_step, step_flops = bench_ours(batch)
   runs = _time_interleaved({'ours': ours_step, 'torch': bench_torch(batch)}, _RUNS.value, _STEPS.value)

@@ -13,6 +13,7 @@ import jax
 from ml_collections import config_flags
 
 from slt_jax import default_config
+from slt_jax import host_malloc
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (a .py with get_config()).',
                                           lock_config=True)
@@ -59,6 +60,7 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
   default_config.validate(config, require_data=_MODE.value in ('train', 'eval'))
+  host_malloc.configure(config.training.host_malloc)  # before JAX starts its threads
   _initialize_distributed()
   workdir = os.path.abspath(_WORKDIR.value)
   os.makedirs(workdir, exist_ok=True)
