@@ -5,12 +5,15 @@
 The model is the same tiny T5-shaped SLT model on both sides: a pose front end (linear -> GELU -> one residual
 strided temporal conv block -> linear) feeding T5 v1.1 (gated GELU) through `inputs_embeds`, AdamW, gradient
 clipping, float32. Both sides use all CPU cores, and they take turns run by run. Ours runs with
-model.scan_layers=False (as configs/demo.py) and the other defaults. Reports the median examples/s over --runs
+model.scan_layers=False (as configs/demo.py), padding-free compute (--padding_free, model.padding_free: the
+position-wise layers on the real tokens only, where PyTorch computes the padded batch) and the other defaults.
+The process tunes glibc malloc first as slt_jax.main does (--host_malloc, slt_jax/host_malloc.py), which both
+sides then run with. Reports the median examples/s over --runs
 runs of --steps timed steps each (after warm-up / compilation). With --json the last line is a JSON object:
 {"ours_examples_per_s", "torch_examples_per_s", "ratio", the runs, the shapes and the figures below}.
 
-How close to the hardware: the step's model FLOPs (3 x the forward's, from XLA's cost analysis, as the
-trainer's MFU counts them) times each side's steps/s, against the rate each side's matmul library reaches on
+How close to the hardware: the step's model FLOPs on the padded batch (3 x the forward's, from XLA's cost
+analysis, as the trainer's MFU counts them; the work PyTorch does) times each side's steps/s, against the rate each side's matmul library reaches on
 this CPU for the model's largest product ([B*T', d_model] x [d_model, d_ff], the MLP's up-projection). A CPU
 has no datasheet peak that its GEMMs reach, so the measured GEMM rate is the ceiling both sides share.
 """
