@@ -6,7 +6,6 @@ is poisoned (poses set to NaN) at batch 2 (step 3) and from batch 5 on (steps 6,
 max_consecutive_nonfinite=2, a checkpoint every step.
 """
 import dataclasses
-import glob
 import os
 
 import jax
@@ -74,12 +73,7 @@ def test_nan_batch_is_skipped_and_counted(stopped_run):
   assert any(not np.array_equal(x, y) for x, y in zip(_params(nan_step), _params(after)))
   assert int(after['opt_state']['total_notfinite']) == 1
   # Counted in the training summaries as well.
-  nonfinite = {}
-  for path in glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*')):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for v in event.summary.value:
-        if v.tag == 'train/nonfinite_steps':
-          nonfinite[event.step] = float(tf.make_ndarray(v.tensor))
+  nonfinite = tiny_demo.scalars(workdir, 'train/nonfinite_steps')
   assert nonfinite[SINGLE_NAN_BATCH + 1] == 1 and nonfinite[SINGLE_NAN_BATCH + 2] == 0
 
 

@@ -1,8 +1,5 @@
 """Padding-free training (model.padding_free): the token-row maps, the host-side counts, the config checks and
 a trainer run. The models' losses and gradients against the padded computation: tests/test_slt.py."""
-import glob
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,7 +80,6 @@ def test_config_checks():
 
 def test_trainer_runs_padding_free_steps(tmp_path, monkeypatch):
   """The trainer computes each batch's counts (rounded up to model.padding_free) and trains on the token rows."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (reads the TensorBoard events)
   seen = []
   counts_fn = step_lib.padding_free_counts
 
@@ -99,11 +95,6 @@ def test_trainer_runs_padding_free_steps(tmp_path, monkeypatch):
   for counts, frames, labels in seen:
     assert counts.frames % 128 == 0 and counts.labels % 128 == 0
     assert frames <= counts.frames < frames + 128 and labels <= counts.labels < labels + 128
-  losses = {}
-  for path in glob.glob(os.path.join(tmp_path, 'tensorboard', 'events.out.tfevents.*')):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for v in event.summary.value:
-        if v.tag == 'train/loss':
-          losses[event.step] = float(tf.make_ndarray(v.tensor))
+  losses = tiny_demo.scalars(str(tmp_path), 'train/loss')
   assert sorted(losses) == [1, 2, 3, 4] and all(np.isfinite(list(losses.values()))), losses
   assert 3.0 < losses[1] < 10.0, losses  # a cross-entropy near log(vocabulary), not a sum over filler rows

@@ -44,3 +44,16 @@ def flags(**training) -> list[str]:
   def fmt(v):
     return f'({",".join(map(str, v))},)' if isinstance(v, tuple) else str(v)
   return [f'--config={DEMO}'] + [f'--config.{k}={fmt(v)}' for k, v in _all(training).items()]
+
+
+def scalars(workdir: str, tag: str) -> dict:
+  """{step: value} of one scalar the trainer wrote to WORKDIR/tensorboard (e.g. 'train/loss')."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (reads the event files)
+  values = {}
+  for path in glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*')):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for v in event.summary.value:
+        if v.tag == tag:
+          values[event.step] = float(tf.make_ndarray(v.tensor))
+  return values

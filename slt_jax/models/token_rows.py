@@ -70,10 +70,6 @@ class TokenRows(NamedTuple):
         jnp.arange(flat.size, dtype=jnp.int32), mode='drop')
     return cls(take, put.reshape(mask.shape))
 
-  @property
-  def num_rows(self) -> int:
-    return self.take.shape[0]
-
   def gather(self, x: jax.Array) -> jax.Array:
     """[B, T, ...] -> [N, ...]: the tokens' rows, then zero rows."""
     b, t = self.put.shape
