@@ -22,20 +22,22 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4",
     "sentencepiece>=0.2",
     "tensorboard>=2.18",
+    # LoRA / QLoRA (qwix quantisation): the default of the recommended 7B-14B configs, so not an extra.
+    "qwix>=0.1.8",
 ]
 
 EXTRAS = {
     # torch is only a numerical oracle in tests. Pinned to the CPU wheel release: a bare `torch`
     # requirement makes pip resolve a multi-GB CUDA build.
-    "test": ["pytest>=8", "torch==2.13.0", "peft>=0.15"],  # + lora, datasets, wandb (below)
-    # LoRA / QLoRA on NNX.
-    "lora": ["qwix>=0.1.8"],
+    "test": ["pytest>=8", "torch==2.13.0", "peft>=0.15"],  # + datasets, wandb (below)
+    # Kept so that `pip install -e '.[lora]'` still works: qwix is a core dependency now.
+    "lora": [],
     # TFDS builders of public sign language corpora (PHOENIX-2014T, DGS Corpus, ...). tensorflow-datasets
     # 4.9's download_and_prepare imports `importlib_resources`, which it declares for Python < 3.9 only.
     "datasets": ["sign-language-datasets>=0.4", "importlib_resources>=5"],
     "wandb": ["wandb"],
 }
-EXTRAS["test"] += EXTRAS["lora"] + EXTRAS["datasets"] + EXTRAS["wandb"]
+EXTRAS["test"] += EXTRAS["datasets"] + EXTRAS["wandb"]
 
 setup(
     name="slt_jax",

@@ -37,15 +37,25 @@ class TfdsSourceError(ValueError):
   """A TFDS source that cannot be used (unknown builder, split or feature, no header)."""
 
 
+_DATASETS_EXTRA = "pip install -e '.[datasets]'"
+
+
 def _import_tfds():
   """tensorflow_datasets with the sign-language-datasets builders registered (importing them does)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if _missing_datasets_extra():
+    logging.warning('sign-language-datasets is not installed; only builders registered otherwise are '
+                    'available (%s)', _DATASETS_EXTRA)
+  return tfds
+
+
+def _missing_datasets_extra() -> str:
+  """'' when sign-language-datasets imports; else a hint naming the extra (appended to builder errors)."""
   try:
     import sign_language_datasets.datasets  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError as e:
-    logging.warning('sign-language-datasets is not importable (%s); only builders registered '
-                    'otherwise are available (pip install "slt_jax[datasets]")', e)
-  return tfds
+    return f' (sign-language-datasets is not importable: {e}; its corpora need {_DATASETS_EXTRA})'
+  return ''
 
 
 def read_header(path: str | os.PathLike) -> PoseHeader:
@@ -183,7 +193,8 @@ class TfdsSource:
     try:
       cls = tfds.builder_cls(c.name)
     except Exception as e:  # tfds raises DatasetNotFoundError (with the known names) or ImportError
-      raise TfdsSourceError(f'unknown TFDS builder data.tfds.name={c.name!r}: {e}') from e
+      raise TfdsSourceError(f'unknown TFDS builder data.tfds.name={c.name!r}: {e}'
+                            f'{_missing_datasets_extra()}') from e
     if not getattr(cls, 'BUILDER_CONFIGS', None):
       raise TfdsSourceError(f'TFDS builder {c.name!r} has no builder configs: leave data.tfds.config_kwargs '
                             'empty')
@@ -204,7 +215,8 @@ class TfdsSource:
       try:
         builder = tfds.builder(c.name, **kwargs)
       except Exception as e:  # DatasetNotFoundError, unknown config name, ...
-        raise TfdsSourceError(f'cannot make TFDS builder {c.name!r} ({type(e).__name__}: {e})') from e
+        raise TfdsSourceError(f'cannot make TFDS builder {c.name!r} ({type(e).__name__}: {e})'
+                              f'{_missing_datasets_extra()}') from e
       if c.get('download', True):
         builder.download_and_prepare()
       self._builder = builder
