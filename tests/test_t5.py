@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import tiny_t5
 from slt_jax.models import from_pretrained, save_pretrained, t5
 
 torch = pytest.importorskip('torch')
@@ -37,24 +38,26 @@ def _untie(path, model_cls):
 
 @pytest.fixture(scope='module')
 def ckpts(tmp_path_factory):
-  """name -> (checkpoint dir, HF model): T5 v1.0, v1.1 (untied, sharded with an index), mT5 tied/untied."""
+  """name -> (checkpoint dir, HF model): T5 v1.0, v1.1 (untied, sharded with an index), mT5 tied/untied.
+  Layer-norm weights are randomised (tiny_t5.perturb_norms) so that a mapping mistake on them shows."""
   torch.manual_seed(0)
   root = tmp_path_factory.mktemp('t5')
   out = {}
   T5, MT5 = transformers.T5ForConditionalGeneration, transformers.MT5ForConditionalGeneration
-  m = T5(transformers.T5Config(**TINY, feed_forward_proj='relu')).eval()
+  new = lambda cls, cfg, seed: tiny_t5.perturb_norms(cls(cfg).eval(), seed)
+  m = new(T5, transformers.T5Config(**TINY, feed_forward_proj='relu'), 0)
   m.save_pretrained(root / 'v1_0')
   out['t5_v1_0'] = (str(root / 'v1_0'), m)
 
-  T5(transformers.T5Config(**TINY, feed_forward_proj='gated-gelu')).save_pretrained(root / 'v1_1_single')
+  new(T5, transformers.T5Config(**TINY, feed_forward_proj='gated-gelu'), 1).save_pretrained(root / 'v1_1_single')
   m = _untie(str(root / 'v1_1_single'), T5)
   m.save_pretrained(root / 'v1_1', max_shard_size='20KB')
   out['t5_v1_1'] = (str(root / 'v1_1'), m)
 
-  m = MT5(transformers.MT5Config(**TINY)).eval()
+  m = new(MT5, transformers.MT5Config(**TINY), 2)
   m.save_pretrained(root / 'mt5_tied')
   out['mt5_tied'] = (str(root / 'mt5_tied'), m)
-  MT5(transformers.MT5Config(**TINY)).save_pretrained(root / 'mt5_untied')
+  new(MT5, transformers.MT5Config(**TINY), 3).save_pretrained(root / 'mt5_untied')
   out['mt5_untied'] = (str(root / 'mt5_untied'), _untie(str(root / 'mt5_untied'), MT5))
   return out
 
@@ -72,7 +75,7 @@ def _inputs(b=2, s=7, t=5, seed=0):
 
 def _hf_logits(m, inputs):
   with torch.no_grad():
-    return m(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.numpy()
+    return m(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.float().numpy()
 
 
 @nnx.jit
@@ -140,14 +143,18 @@ def test_save_pretrained_round_trip(ckpts, name, tmp_path):
 
 
 def test_bf16_within_tolerance(ckpts, param_dtype=jnp.bfloat16):
-  """bf16 weights and compute (mixed precision, bf16 compute on float32 weights: tests/test_slt.py)."""
-  path = ckpts['t5_v1_1'][0]
+  """bf16 weights and compute (mixed precision, bf16 compute on float32 weights: tests/test_slt.py) are no
+  further from float32 than HF's own bf16 model is (x 1.5): bf16 rounding alone moves these logits by up to 3%."""
+  path, hf_model = ckpts['t5_v1_1']
   inputs = _inputs()
   ref = _ours(from_pretrained(path), inputs)
   model = from_pretrained(path, dtype=jnp.bfloat16, param_dtype=param_dtype)
   assert all(x.dtype == param_dtype for x in jax.tree.leaves(nnx.state(model)))
   got = _ours(model, inputs)
-  assert _max_diff(got, ref, inputs['decoder_attention_mask']) <= 0.02 * np.abs(ref).max() + 0.02
+  hf_bf16 = _hf_logits(type(hf_model).from_pretrained(path, dtype=torch.bfloat16).eval(), inputs)
+  mask = inputs['decoder_attention_mask']
+  ours_err, hf_err = _max_diff(got, ref, mask), _max_diff(hf_bf16, ref, mask)
+  assert ours_err <= 1.5 * hf_err + 0.01, (ours_err, hf_err)
 
 
 def _copy(src, dst):
