@@ -3,39 +3,23 @@
   python -m slt_jax.main --config=configs/demo.py --workdir=runs/demo --mode=translate \
       --inputs=a.pose,poses_dir/ [--output=translations.tsv]
 
-Uses the workdir's best checkpoint and the preprocessing the model was trained with (WORKDIR/config.json,
-written at training time, overrides the data and model fields of --config). Unreadable files are skipped with a
-message; the others are decoded in batches.
+Uses the workdir's best checkpoint and the model and preprocessing it was trained with (WORKDIR/config.json,
+written at training time: run_config.for_inference; where --config differs, that is logged and not used).
+Unreadable files are skipped with a message; the others are decoded in batches.
 """
 import glob
-import json
 import os
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 
+from slt_jax import run_config
 from slt_jax.data import pipeline
 from slt_jax.data import pose_io
 from slt_jax.data import tokenizer as tokenizer_lib
 from slt_jax.train import checkpoint as checkpoint_lib
 from slt_jax.train import trainer
-
-
-def trained_config(config, workdir: str):
-  """`config` with its model and data fields replaced by those the workdir was trained with."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    logging.warning('%s not found: using --config as given for preprocessing and model.', path)
-    return config
-  with open(path, encoding='utf-8') as f:
-    stored = ml_collections.ConfigDict(json.load(f))
-  config = config.copy_and_resolve_references()
-  with config.unlocked():
-    config.model = stored.model
-    config.data = stored.data
-  return config
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
@@ -67,7 +51,7 @@ def _pad_batch(arrays: list[pose_io.PoseArrays], batch_size: int, frames: int, v
 def translate(config, workdir: str, inputs: list[str], output: str | None = None,
               batch_size: int = 16) -> list[tuple[str, str]]:
   """Translates every readable `.pose` file of `inputs`; returns [(path, translation)] and prints/writes them."""
-  config = trained_config(config, workdir)
+  config = run_config.for_inference(config, workdir, strict=False)
   options = pose_io.PoseOptions.from_config(config.data)
   tokenizer = tokenizer_lib.get_tokenizer(config, workdir, texts=[])
   k, c = pipeline.pose_feature_shape(config)

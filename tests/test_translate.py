@@ -7,7 +7,7 @@ import pytest
 
 import tiny_demo
 from slt_jax.train import trainer
-from slt_jax import translate
+from slt_jax import default_config, translate
 
 
 @pytest.fixture(scope='module')
@@ -44,3 +44,13 @@ def test_translate_real_files_and_skip_unreadable(trained_workdir, real_data_dir
   assert any(line.startswith(f'# skipped {broken}') for line in printed)
   assert sum(line.startswith(str(real_data_dir)) for line in printed) == len(real)
   assert len(output.read_text(encoding='utf-8').splitlines()) == 1 + len(real)
+
+
+def test_eval_with_another_preprocessing_is_an_error_before_any_work(trained_workdir):
+  config, workdir, _ = trained_workdir
+  other = config.copy_and_resolve_references()
+  other.data.normalize = 'minmax'  # same shapes: would restore and score silently wrong
+  before = sorted(os.listdir(workdir))
+  with pytest.raises(default_config.ConfigError, match=r"data\.normalize: --config has 'minmax'"):
+    trainer.evaluate(other, workdir, 'test')
+  assert sorted(os.listdir(workdir)) == before

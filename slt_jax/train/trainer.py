@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 from slt_jax import decode as decode_lib
 from slt_jax import default_config
 from slt_jax import evaluate as evaluate_lib
+from slt_jax import run_config
 from slt_jax.data import inputs as inputs_lib
 from slt_jax.models import slt
 from slt_jax.train import checkpoint as checkpoint_lib
@@ -82,7 +83,8 @@ def setup(config, workdir: str, splits=None, tokenizer=None, pose_dim: int | Non
   num_steps = _num_train_steps(config, datasets['train'].num_examples) if 'train' in datasets else 0
   tx = optim.make_optimizer(config, max(num_steps, 1))
   graphdef, state, rest, state_shardings = sharding_lib.create_sharded_state(
-      lambda: slt.build_model(config, tokenizer.vocab_size, pose_dim, rngs=nnx.Rngs(params=config.training.seed)),
+      lambda: slt.build_model(config, tokenizer.vocab_size, pose_dim, rngs=nnx.Rngs(params=config.training.seed),
+                              tokenizer=tokenizer),  # the model's EOS / pad (and a random one's start) ids
       tx, mesh, seed=config.training.seed + 1, eager=bool(config.model.name),
       trainable=slt.trainable_filter(config))  # with LoRA: adapters + pose front end; the base stays in `rest`
   return Run(config, workdir, tokenizer, datasets, mesh, graphdef, rest, state, state_shardings, tx, num_steps)
@@ -315,7 +317,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def evaluate(config, workdir: str, split: str = 'test', step: int | None = None) -> dict:
-  """Evaluates the best checkpoint (or `step`) of WORKDIR on `split`."""
+  """Evaluates the best checkpoint (or `step`) of WORKDIR on `split`, with the model and preprocessing of the run
+  (WORKDIR/config.json; a --config that differs there is a ConfigError)."""
+  config = run_config.for_inference(config, workdir)
   run = setup(config, workdir, splits=[split])
   ckpt = checkpoint_lib.Checkpoints(workdir, keep=config.training.keep_checkpoints,
                                     best_metric=config.training.best_metric)
