@@ -1,33 +1,86 @@
 """Translation metrics as the field reports them, and the files an evaluation leaves in the workdir.
 
-BLEU-4 (sacrebleu, 13a tokenisation, cased unless `lowercase`), chrF (sacrebleu) and ROUGE-L F1 (rouge-score),
-all on a 0-100 scale.
+BLEU-4 and chrF are sacrebleu's; ROUGE-L F1 is rouge-score's LCS over the words of sacrebleu's BLEU tokenizer, so
+every script counts (rouge-score's own tokenizer keeps only a-z0-9: identical Chinese strings would score 0). All
+on a 0-100 scale, all lowercased or all cased (`lowercase`). The BLEU tokenizer is `tokenize`, as sacrebleu
+names it: '13a' (WMT's default; splits punctuation, keeps words of any script whole), 'intl' (Unicode
+punctuation and symbols), 'zh' (Chinese characters one by one, the rest 13a: CSL-Daily papers report this),
+'char' or 'none' (whitespace only). BLEU and chrF carry sacrebleu's 95% bootstrap confidence interval (its seed
+and resample count go in their signatures).
 """
 import csv
+import importlib.metadata
 import json
 import os
 
 import sacrebleu
 from rouge_score import rouge_scorer
+from rouge_score import tokenizers as rouge_tokenizers
+
+# sacrebleu's BLEU tokenizers that need nothing beyond sacrebleu (ja-mecab / ko-mecab need MeCab packages, the
+# spm / flores ones download a SentencePiece model).
+BLEU_TOKENIZERS = ('13a', 'intl', 'zh', 'char', 'none')
+# A 95% interval needs the 2.5% tails to hold a resample each (sacrebleu takes the n // 40-th from each end).
+MIN_BOOTSTRAP_RESAMPLES = 40
 
 
-def score(hypotheses: list[str], references: list[str], lowercase: bool = False) -> dict:
-  """{'bleu', 'chrf', 'rougeL', 'bleu_signature', 'num_examples'} for parallel lists of strings."""
+class _WordsOf(rouge_tokenizers.Tokenizer):
+  """rouge-score's Tokenizer interface over a sacrebleu tokenizer: the words ROUGE-L's LCS runs on."""
+
+  def __init__(self, sacrebleu_tokenizer, lowercase: bool):
+    self._tokenize, self._lowercase = sacrebleu_tokenizer, lowercase
+
+  def tokenize(self, text: str) -> list[str]:
+    return self._tokenize(text.lower() if self._lowercase else text).split()
+
+
+def _ci95(result) -> dict:
+  """sacrebleu's bootstrap estimate of a corpus score: 95% of resamples lie within mean +- half_width."""
+  return {'mean': float(result._mean), 'half_width': float(result._ci)}  # (Score keeps them as _mean / _ci)
+
+
+def score(hypotheses: list[str], references: list[str], lowercase: bool = False, tokenize: str = '13a',
+          n_bootstrap: int = 1000) -> dict:
+  """Corpus metrics of parallel lists of strings (one reference per hypothesis).
+
+  Returns {'bleu', 'chrf', 'rougeL', 'bleu_signature', 'chrf_signature', 'rougeL_signature', 'num_examples'},
+  and with `n_bootstrap` resamples (0 = none) also 'bleu_ci95' and 'chrf_ci95': {'mean', 'half_width'}.
+  """
   if len(hypotheses) != len(references):
     raise ValueError(f'{len(hypotheses)} hypotheses but {len(references)} references')
-  bleu = sacrebleu.BLEU(lowercase=lowercase)
-  bleu_score = bleu.corpus_score(hypotheses, [references])
-  chrf = sacrebleu.CHRF(lowercase=lowercase).corpus_score(hypotheses, [references])
-  scorer = rouge_scorer.RougeScorer(['rougeL'], use_stemmer=False)
-  rouge = [scorer.score(r.lower() if lowercase else r, h.lower() if lowercase else h)['rougeL'].fmeasure
-           for h, r in zip(hypotheses, references)]
-  return {
+  if not hypotheses:
+    raise ValueError('no hypotheses to score (the split has no rows)')
+  if tokenize not in BLEU_TOKENIZERS:
+    raise ValueError(f'BLEU tokenizer {tokenize!r} is not one of {BLEU_TOKENIZERS}')
+  if n_bootstrap and n_bootstrap < MIN_BOOTSTRAP_RESAMPLES:
+    raise ValueError(f'n_bootstrap={n_bootstrap}: use 0 (no confidence interval) or at least '
+                     f'{MIN_BOOTSTRAP_RESAMPLES} resamples')
+  bleu = sacrebleu.BLEU(lowercase=lowercase, tokenize=tokenize)
+  chrf = sacrebleu.CHRF(lowercase=lowercase)
+  resamples = n_bootstrap or 1  # sacrebleu: 1 = the score alone
+  bleu_score = bleu.corpus_score(hypotheses, [references], n_bootstrap=resamples)
+  chrf_score = chrf.corpus_score(hypotheses, [references], n_bootstrap=resamples)
+  scorer = rouge_scorer.RougeScorer(['rougeL'], tokenizer=_WordsOf(bleu.tokenizer, lowercase))
+  rouge = [scorer.score(r, h)['rougeL'].fmeasure for h, r in zip(hypotheses, references)]
+  metrics = {
       'bleu': bleu_score.score,
-      'chrf': chrf.score,
-      'rougeL': 100.0 * sum(rouge) / max(len(rouge), 1),
+      'chrf': chrf_score.score,
+      'rougeL': 100.0 * sum(rouge) / len(rouge),
       'bleu_signature': str(bleu.get_signature()),  # only complete after a scoring call.
+      'chrf_signature': str(chrf.get_signature()),
+      'rougeL_signature': (f"tok:{bleu.tokenizer.signature()}|case:{'lc' if lowercase else 'mixed'}|"
+                           f"rouge-score:{importlib.metadata.version('rouge-score')}"),
       'num_examples': len(hypotheses),
   }
+  if n_bootstrap:
+    metrics['bleu_ci95'], metrics['chrf_ci95'] = _ci95(bleu_score), _ci95(chrf_score)
+  return metrics
+
+
+def score_with_config(hypotheses: list[str], references: list[str], evaluation) -> dict:
+  """`score` with the options of a config's `evaluation` section (lowercase, bleu_tokenize, bootstrap_resamples)."""
+  return score(hypotheses, references, lowercase=evaluation.lowercase, tokenize=evaluation.bleu_tokenize,
+               n_bootstrap=evaluation.bootstrap_resamples)
 
 
 def write_predictions(path: str, uids: list[str], references: list[str], hypotheses: list[str]) -> None:
