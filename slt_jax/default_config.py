@@ -19,7 +19,9 @@ def get_config():
   config.model.name = ''            # HF checkpoint directory; '' = build from `arch` with random init.
   config.model.tokenizer = ''       # tokenizer directory; '' = the checkpoint's, or train one on the texts.
   config.model.family = 't5'        # t5 | mt5 | bart | mbart | llama | mistral | qwen2 | gemma (from config.json when `name` is set)
-  # Architecture used when `name` is empty (random init), in HF config.json field names.
+  # Architecture used when `name` is empty (random init), in HF config.json field names of `family` (validate()
+  # rejects a key the family does not build, e.g. a misspelt one). Not used when `name` is set: the checkpoint's
+  # config.json is the architecture. Encoder-decoder families take vocab_size from the tokenizer.
   config.model.arch = ml_collections.ConfigDict(dict(
       d_model=256, d_kv=32, d_ff=1024, num_layers=3, num_decoder_layers=3, num_heads=8,
       feed_forward_proj='gated-gelu', dropout_rate=0.1, relative_attention_num_buckets=32,
@@ -91,10 +93,10 @@ def get_config():
       enabled=False, seed=0, vocab_size=120, num_signers=8, num_train=4000, num_val=200, num_test=200,
       noise=0.01, dropout_prob=0.02,
   ))
-  config.data.keypoints = 'hands_body'   # keypoint preset (see slt_jax/data/keypoints.py).
+  config.data.keypoints = 'hands_body'   # keypoint preset: slt_jax/data/keypoints.py PRESETS ('holistic' = all 543).
   config.data.coords = 'xyz'             # xy | xyz
   config.data.normalize = 'shoulders'    # shoulders | minmax (seed's [-1, 1]) | none
-  config.data.max_frames = 256           # longer sequences are uniformly subsampled.
+  config.data.max_frames = 256           # > 0: longer sequences are uniformly subsampled (largest batch frame axis).
   config.data.frame_stride = 1           # keep every n-th frame.
   config.data.max_target_length = 64     # target tokens incl. EOS; longer targets are truncated.
   config.data.bucket_boundaries = (32, 64, 96, 128, 192, 256)  # frame-count buckets (padding cut).
@@ -113,7 +115,6 @@ def get_config():
   config.data.hand_normalize = False      # hand points relative to their wrist, in hand-size units.
   config.data.visibility_channel = False  # append a 0/1 visibility channel to the coordinates (C + 1).
   config.data.label_pad_multiple = 0      # 0: labels padded to max_target_length; n: to the batch's longest, rounded up to n.
-  config.data.shuffle_buffer = 10000      # training shuffle buffer (examples).
   config.data.num_workers = 1             # threads reading .pose files while building the cache.
   # Tokenizer trained on the training texts when neither model.tokenizer nor model.name gives one.
   config.data.trained_tokenizer = ml_collections.ConfigDict(dict(
@@ -129,7 +130,7 @@ def get_config():
   config.training.batch_size = 32        # global batch size.
   config.training.eval_batch_size = 64
   config.training.learning_rate = 1e-3
-  config.training.warmup_steps = 200
+  config.training.warmup_steps = 200     # linear warmup; capped at half the run (with a logged warning).
   config.training.weight_decay = 0.01
   config.training.max_grad_norm = 1.0
   config.training.gradient_accumulation_steps = 1
@@ -139,7 +140,8 @@ def get_config():
   config.training.eval_every_steps = 500
   config.training.checkpoint_every_steps = 500
   config.training.keep_checkpoints = 2    # latest checkpoints kept (the best one is kept as well).
-  config.training.best_metric = 'bleu'    # validation metric that picks the best checkpoint.
+  config.training.best_metric = 'bleu'    # validation metric whose highest value picks the best checkpoint:
+                                          # bleu | chrf | rougeL.
   config.training.seed = 42
   # glibc malloc tuned so XLA:CPU reuses each step's memory (slt_jax/host_malloc.py; ~15-20% faster CPU steps):
   # auto (where no JAX accelerator plugin is installed) | on | off. Applied by slt_jax.main before JAX starts.
@@ -189,6 +191,16 @@ def get_config():
 _FREE_FORM = ('model.arch', 'data.tfds.config_kwargs')
 
 
+# Fields that configs no longer take -> why (a config that sets one gets this instead of "unknown field").
+_REMOVED = {
+    'data.shuffle_buffer': 'training batches are drawn from a fresh seeded permutation of the whole split every '
+                           'epoch (pipeline._BatchPlan), a full shuffle with no buffer to size; drop the field',
+}
+# training.best_metric: the keys of evaluate.score that rank checkpoints; higher is better for each (the best
+# checkpoint is the one with the highest value).
+_BEST_METRICS = ('bleu', 'chrf', 'rougeL')
+
+
 class ConfigError(ValueError):
   """A config that cannot run, with a message saying which field and why."""
 
@@ -198,6 +210,8 @@ def _check_fields(config, reference, prefix=''):
     path = f'{prefix}{key}'
     if path in _FREE_FORM:
       continue
+    if path in _REMOVED:
+      raise ConfigError(f'config field `{path}` was removed: {_REMOVED[path]}')
     if key not in reference:
       raise ConfigError(f'unknown config field `{path}` (known fields here: {", ".join(sorted(reference.keys()))})')
     value, ref = config[key], reference[key]
@@ -261,6 +275,11 @@ def validate(config, require_data: bool = True) -> None:
     raise ConfigError(f"data.source must be 'csv' or 'tfds', got {d.source!r}")
   if d.source == 'tfds' and d.synthetic.enabled:
     raise ConfigError("data.synthetic.enabled generates CSV files: it needs data.source='csv'")
+  _check_data_shapes(d)
+  if t.best_metric not in _BEST_METRICS:
+    raise ConfigError(f'training.best_metric must be one of {_BEST_METRICS} (validation metrics, the highest value '
+                      f'is the best), got {t.best_metric!r}')
+  _check_arch(m)
   if require_data and d.source == 'tfds' and not (d.tfds.name and d.tfds.train_split):
     raise ConfigError("data.source='tfds' needs data.tfds.name (e.g. 'rwth_phoenix2014_t') and "
                       'data.tfds.train_split')
@@ -277,6 +296,38 @@ def _validate_evaluation(e) -> None:
     raise ConfigError(f'evaluation.bootstrap_resamples must be 0 (no confidence intervals) or at least '
                       f'{evaluate.MIN_BOOTSTRAP_RESAMPLES} (a 95% interval needs resamples in its 2.5% tails; '
                       f'sacrebleu uses 1000), got {e.bootstrap_resamples}')
+
+
+def _check_data_shapes(d) -> None:
+  """data.keypoints and data.max_frames fix the pose tensors' shape [B, <= max_frames, K, C] before any data is
+  read (translate, check and the eval batches rely on it)."""
+  from slt_jax.data import keypoints as kp_lib  # pylint: disable=g-import-not-at-top
+  if d.keypoints not in kp_lib.PRESETS:
+    raise ConfigError(f'data.keypoints={d.keypoints!r} is not a keypoint preset; choose one of '
+                      f'{sorted(kp_lib.PRESETS)} (slt_jax/data/keypoints.py; \'holistic\' keeps all 543 points)')
+  if not isinstance(d.max_frames, int) or d.max_frames <= 0:  # None passes _check_fields
+    raise ConfigError(f'data.max_frames must be a positive number of frames (longer sequences are subsampled to '
+                      f'it; it bounds the batches\' frame axis), got {d.max_frames!r}')
+
+
+def _check_arch(m) -> None:
+  """Without model.name the model is built from model.arch: each of its keys must be one the family builds as HF
+  would (the family's config_from_hf drops keys it does not read, so a misspelt one would silently leave HF's
+  default in place)."""
+  if m.name:
+    return  # the checkpoint's config.json is the architecture; model.arch is not used
+  from slt_jax.models import hf  # pylint: disable=g-import-not-at-top
+  if m.family not in hf.FAMILIES:
+    raise ConfigError(f'model.family={m.family!r} is not one of {sorted(hf.FAMILIES)}')
+  arch = m.arch.to_dict()
+  if arch.setdefault('model_type', m.family) != m.family:
+    raise ConfigError(f'model.arch.model_type={arch["model_type"]!r} disagrees with model.family={m.family!r}: '
+                      'make them the same (or drop model.arch.model_type)')
+  problems = hf.arch_problems(arch)
+  if problems:
+    raise ConfigError(f'model.arch (model.family={m.family!r}, HF config.json field names): {"; ".join(problems)}. '
+                      f'It takes the architecture fields of the family\'s HF config that slt_jax builds; decoding '
+                      'settings go in config.decode')
 
 
 _MESH_AXES = ('data', 'fsdp', 'tensor')

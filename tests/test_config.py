@@ -103,3 +103,159 @@ def test_trainer_checks_before_data_and_weights(tmp_path, monkeypatch):
   monkeypatch.setattr(trainer.slt, 'build_model', must_not_run)
   with pytest.raises(ConfigError, match='has 128 ids but the checkpoint'):
     trainer.setup(config, str(tmp_path))
+
+
+# --- model.arch: every key must be one the family builds (config_from_hf drops the keys it does not read) ------
+@pytest.mark.parametrize('family, typo, suggestion', [
+    ('t5', 'num_decoder_layer', 'num_decoder_layers'),    # the old code built HF's default decoder depth
+    ('bart', 'decoder_layer', 'decoder_layers'),
+    ('llama', 'num_hidden_layer', 'num_hidden_layers'),
+    ('qwen2', 'num_key_value_head', 'num_key_value_heads'),
+])
+def test_arch_typo_names_key_family_and_close_match(family, typo, suggestion):
+  config = _config()
+  config.model.family = family
+  config.model.arch = ml_collections.ConfigDict({'model_type': family, typo: 2})
+  with pytest.raises(ConfigError, match=rf"model\.arch \(model\.family='{family}'.*unknown key `{typo}` "
+                                        rf'\(did you mean {suggestion}'):
+    default_config.validate(config)
+
+
+@pytest.mark.parametrize('family, arch, message', [
+    # HF keys the family does not implement: accepted only at the value that switches them off.
+    ('bart', dict(decoder_layerdrop=0.1), r'`decoder_layerdrop`=0\.1 is not implemented \(it may only be 0 or 0\.0'),
+    ('llama', dict(attention_dropout=0.1), r'`attention_dropout`=0\.1 is not implemented'),
+    # BART's num_hidden_layers is HF's alias of encoder_layers: another value would be ignored.
+    ('bart', dict(encoder_layers=3, num_hidden_layers=6), r'`num_hidden_layers`=6 is not implemented .*only be 3'),
+    # T5 v1.1's activation comes from feed_forward_proj; a contradicting dense_act_fn would win in HF.
+    ('t5', dict(feed_forward_proj='gated-gelu', dense_act_fn='relu'), r"`dense_act_fn`='relu'.*'gelu_new'"),
+    # Keys of other model_types: llama has no sliding window, Gemma's hidden_activation is not Llama's.
+    ('llama', dict(sliding_window=4096), r'unknown key `sliding_window`'),
+    ('llama', dict(hidden_activation='gelu'), r'unknown key `hidden_activation`'),
+    # A generation setting is not architecture.
+    ('t5', dict(num_beams=4), r'unknown key `num_beams`.*decoding settings go in config\.decode'),
+])
+def test_arch_values_the_family_does_not_build(family, arch, message):
+  config = _config()
+  config.model.family = family
+  config.model.arch = ml_collections.ConfigDict(arch)
+  with pytest.raises(ConfigError, match=message):
+    default_config.validate(config)
+
+
+def test_arch_model_type_must_match_family():
+  """The decoder-only builder took arch.model_type over model.family (setdefault): say which one is meant."""
+  config = _config()
+  config.model.family = 'llama'
+  config.model.arch = ml_collections.ConfigDict(dict(model_type='qwen2', hidden_size=64))
+  with pytest.raises(ConfigError, match=r"model\.arch\.model_type='qwen2' disagrees with model\.family='llama'"):
+    default_config.validate(config)
+  config.model.family = 'gpt2'
+  config.model.arch = ml_collections.ConfigDict(dict(n_embd=64))
+  with pytest.raises(ConfigError, match=r"model\.family='gpt2' is not one of \['bart', 'gemma', 'llama'"):
+    default_config.validate(config)
+
+
+def test_arch_is_not_checked_when_a_checkpoint_gives_it(tmp_path):
+  """With model.name the checkpoint's config.json is the architecture and model.arch is not used."""
+  config = _config()
+  config.model.name = _checkpoint_dir(tmp_path, model_type='t5', vocab_size=100)
+  config.model.arch.num_decoder_layer = 2
+  default_config.validate(config)
+
+
+_TINY_HF = {
+    't5': dict(d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4, vocab_size=64),
+    'mt5': dict(d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4, vocab_size=64),
+    'bart': dict(d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                 decoder_attention_heads=4, encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=64),
+    'mbart': dict(d_model=16, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                  decoder_attention_heads=4, encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=64),
+    'llama': dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=64),
+    'mistral': dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, vocab_size=64, sliding_window=8),
+    'qwen2': dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, vocab_size=64),
+    'gemma': dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=4, vocab_size=64),
+}
+
+
+@pytest.mark.parametrize('family', sorted(_TINY_HF))
+def test_arch_accepts_config_json_of_transformers_and_ours(family):
+  """What transformers' own config class writes (a config.json copied into model.arch) and what our
+  save_pretrained writes (config_to_hf) are accepted as they are."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  from slt_jax.models import hf  # pylint: disable=g-import-not-at-top
+  hf_config = transformers.AutoConfig.for_model(family, **_TINY_HF[family]).to_dict()
+  assert hf.arch_problems(hf_config) == []
+  fam = hf.family(family)
+  ours = fam.config_to_hf(fam.config_from_hf({'model_type': family, **_TINY_HF[family]}))
+  assert hf.arch_problems(ours) == []
+  config = _config()
+  config.model.family = family
+  config.model.arch = ml_collections.ConfigDict(ours)
+  default_config.validate(config)
+
+
+# --- training, data ------------------------------------------------------------------------------------------
+def test_best_metric_is_a_metric_the_evaluation_produces():
+  """best_metric picks the checkpoint with the highest value of one of evaluate.score's numbers."""
+  from slt_jax import evaluate  # pylint: disable=g-import-not-at-top
+  scores = evaluate.score(['the cat sat'], ['the cat sat down'])
+  for name in default_config._BEST_METRICS:  # pylint: disable=protected-access
+    assert isinstance(scores[name], float)
+    config = _config()
+    config.training.best_metric = name
+    default_config.validate(config)
+  for wrong in ('BLEU', 'loss', 'bleu_signature'):
+    config = _config()
+    config.training.best_metric = wrong
+    with pytest.raises(ConfigError, match=rf"training\.best_metric must be one of \('bleu', 'chrf', 'rougeL'\).*"
+                                          rf"got '{wrong}'"):
+      default_config.validate(config)
+
+
+@pytest.mark.parametrize('max_frames', [0, -8, None])
+def test_max_frames_must_be_positive(max_frames):
+  config = _config()
+  config.data.max_frames = max_frames
+  with pytest.raises(ConfigError, match=rf'data\.max_frames must be a positive number of frames.*got '
+                                        rf'{max_frames!r}'):
+    default_config.validate(config, require_data=False)
+
+
+@pytest.mark.parametrize('keypoints', ['', 'hands'])
+def test_keypoints_must_be_a_preset(keypoints):
+  config = _config()
+  config.data.keypoints = keypoints
+  with pytest.raises(ConfigError, match=rf"data\.keypoints='{keypoints}' is not a keypoint preset; choose one of "
+                                        r"\['hands_body', 'holistic', 'openpose_137', 'reduced_178', 'youtube_asl'\]"):
+    default_config.validate(config, require_data=False)
+
+
+def test_removed_shuffle_buffer_says_why():
+  """The batches are a full seeded permutation of the split; a shuffle buffer size would be ignored."""
+  assert 'shuffle_buffer' not in default_config.get_config().data
+  config = _config()
+  config.data.shuffle_buffer = 1000  # what a config file written for the old field does
+  with pytest.raises(ConfigError, match=r'`data\.shuffle_buffer` was removed: .*seeded permutation of the whole '
+                                        r'split'):
+    default_config.validate(config)
+
+
+def test_warmup_cap_is_logged(caplog):
+  """warmup_steps beyond half the run is cut to half the run, and the log says so."""
+  import logging  # pylint: disable=g-import-not-at-top
+  from slt_jax.train import optim  # pylint: disable=g-import-not-at-top
+  config = _config()
+  config.training.warmup_steps, config.training.learning_rate = 200, 1.0
+  with caplog.at_level(logging.WARNING):
+    schedule = optim.learning_rate_schedule(config, 100)
+  assert float(schedule(50)) == pytest.approx(1.0)  # the peak at step 50, not 200
+  assert 'training.warmup_steps=200 is capped at 50: half of the 100 training steps' in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    optim.learning_rate_schedule(config, 400)
+  assert 'capped' not in caplog.text

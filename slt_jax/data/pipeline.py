@@ -310,9 +310,10 @@ def _label_table(rows, tokenizer, max_len: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def _boundaries(config) -> np.ndarray:
-  """Frame-axis sizes a batch may have: the configured boundaries up to max_frames, then max_frames."""
+  """Frame-axis sizes a batch may have: the configured boundaries up to max_frames, then max_frames (> 0,
+  default_config.validate: every cached sequence has at most max_frames frames, so it fits the last one)."""
   d = config.data
-  max_frames = int(d.max_frames) if d.max_frames else max(d.bucket_boundaries)
+  max_frames = int(d.max_frames)
   bounds = sorted({int(b) for b in d.bucket_boundaries if 0 < b < max_frames} | {max_frames})
   return np.asarray(bounds, np.int32)
 

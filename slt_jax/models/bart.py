@@ -68,6 +68,21 @@ def config_from_hf(hf: dict, tensor_names: Optional[set] = None) -> BartConfig:
   return BartConfig(**kw, tie_word_embeddings=tie, model_type=hf.get('model_type', 'bart'), **extra)
 
 
+def arch_keys(hf: dict) -> tuple[frozenset, dict]:
+  """The model.arch keys (HF config.json names) of BART / mBART that slt_jax builds -> (read, fixed).
+
+  read: the keys `config_from_hf` reads. fixed: HF BartConfig keys it does not read -> the values they may have
+  in `hf` (those with which HF builds the same model; None: any value).
+  """
+  read = frozenset(_HF_FIELDS) | {'model_type', 'tie_word_embeddings', 'scan_layers', 'remat'}
+  eos = hf.get('eos_token_id', BartConfig.eos_token_id)
+  fixed = {'encoder_layerdrop': (0, 0.0), 'decoder_layerdrop': (0, 0.0),  # no LayerDrop here
+           'num_hidden_layers': (hf.get('encoder_layers', BartConfig.encoder_layers),),  # HF: = encoder_layers
+           'forced_eos_token_id': (eos, None),  # generation forces EOS (eos_token_id) at the length limit
+           'is_decoder': (False,)}
+  return read, fixed
+
+
 def config_to_hf(cfg: BartConfig) -> dict:
   hf = {k: getattr(cfg, k) for k in _HF_FIELDS}
   arch = 'MBartForConditionalGeneration' if cfg.model_type == 'mbart' else 'BartForConditionalGeneration'

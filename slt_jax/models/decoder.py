@@ -150,6 +150,33 @@ def config_from_hf(hf: dict, tensor_names=None) -> DecoderConfig:
       pad_token_id=hf.get('pad_token_id'), **{k: hf[k] for k in ('scan_layers', 'remat') if k in hf})
 
 
+# model.arch keys of each model_type beyond the common ones that config_from_hf reads for it.
+_OWN_KEYS = {
+    'llama': ('attention_bias', 'mlp_bias'),
+    'mistral': ('sliding_window',),
+    'qwen2': ('sliding_window', 'use_sliding_window', 'max_window_layers', 'layer_types'),
+    'gemma': ('attention_bias', 'hidden_activation'),
+}
+
+
+def arch_keys(hf: dict) -> tuple[frozenset, dict]:
+  """The model.arch keys (HF config.json names) of hf's model_type that slt_jax builds -> (read, fixed).
+
+  read: the keys `config_from_hf` reads for that model_type. fixed: HF config keys it does not read -> the values
+  they may have in `hf` (those with which HF builds the same model; None: any value, HF 5 ignores it too).
+  """
+  read = frozenset({
+      'model_type', 'vocab_size', 'hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads',
+      'num_key_value_heads', 'head_dim', 'hidden_act', 'rms_norm_eps', 'rope_theta', 'rope_scaling',
+      'rope_parameters', 'max_position_embeddings', 'tie_word_embeddings', 'initializer_range', 'bos_token_id',
+      'eos_token_id', 'pad_token_id', 'scan_layers', 'remat'}) | set(_OWN_KEYS.get(hf.get('model_type'), ()))
+  fixed = {'attention_dropout': (0, 0.0),  # no attention dropout in this decoder
+           'pretraining_tp': None}
+  if hf.get('model_type') == 'gemma':
+    fixed['use_bidirectional_attention'] = (None, False)
+  return read, fixed
+
+
 def config_to_hf(cfg: DecoderConfig) -> dict:
   """HF config.json dict that transformers (4.4x and 5.x) loads into the same architecture."""
   eos = list(cfg.eos_token_id) if isinstance(cfg.eos_token_id, tuple) else cfg.eos_token_id

@@ -6,6 +6,7 @@ A family module (t5.py, bart.py, decoder.py) provides:
   build(cfg, dtype, param_dtype, rngs) -> nnx.Module              (the module keeps `.config = cfg`)
   hf_table(cfg) -> list[Row]                                     (HF tensor <-> our parameter path)
   IGNORED: tuple of regexes of HF tensors that may be in a file and are not loaded (tied copies, buffers)
+  arch_keys(hf: dict) -> (read, fixed)                           (the config.json keys it builds; arch_problems)
 The registry FAMILIES maps HF `model_type` to its family module.
 
 Loading is tensor by tensor (safetensors.safe_open): the model is built abstractly (nnx.eval_shape) and each
@@ -13,6 +14,7 @@ parameter is filled from the file, so a checkpoint is never in memory twice. pyt
 unpickled.
 """
 import dataclasses
+import difflib
 import json
 import os
 import re
@@ -78,6 +80,37 @@ def family(model_type: str):
   if model_type not in FAMILIES:
     raise ValueError(f'unsupported model_type {model_type!r}; known: {sorted(FAMILIES)}')
   return FAMILIES[model_type]
+
+
+# config.json keys that change nothing in the models we build (transformers' bookkeeping, settings of outputs and
+# heads we never build): accepted in model.arch for every family, with any value.
+CONFIG_BOOKKEEPING = frozenset({
+    '_name_or_path', 'architectures', 'transformers_version', 'dtype', 'torch_dtype', 'use_cache',
+    'is_encoder_decoder', 'output_attentions', 'output_hidden_states', 'return_dict', 'chunk_size_feed_forward',
+    'id2label', 'label2id', 'problem_type', 'classifier_dropout'})
+
+
+def arch_problems(arch: dict) -> list[str]:
+  """What of `arch` (HF config.json fields with `model_type`, e.g. model.arch) its family would not build as HF
+  does: keys it does not know (with close matches) and known keys with a value it does not implement.
+
+  config_from_hf takes the keys it knows and drops the rest (a real config.json has many it need not read), so a
+  misspelt key would silently leave the family's default in place; this finds them. [] = nothing wrong.
+  """
+  read, fixed = family(arch.get('model_type', '')).arch_keys(arch)
+  known = sorted(read | set(fixed) | CONFIG_BOOKKEEPING)
+  problems = []
+  for key, value in arch.items():
+    if key in read or key in CONFIG_BOOKKEEPING or (key in fixed and fixed[key] is None):
+      continue
+    if key in fixed:
+      if value not in fixed[key]:
+        problems.append(f'`{key}`={value!r} is not implemented (it may only be '
+                        f'{" or ".join(map(repr, fixed[key]))} here)')
+      continue
+    close = difflib.get_close_matches(key, known, n=3)
+    problems.append(f'unknown key `{key}`' + (f' (did you mean {" / ".join(close)}?)' if close else ''))
+  return problems
 
 
 # --- reading ---------------------------------------------------------------------------------------

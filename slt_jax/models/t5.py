@@ -84,6 +84,21 @@ def config_from_hf(hf: dict, tensor_names: Optional[set] = None) -> T5Config:
   return T5Config(**kw, tie_word_embeddings=tie, scale_decoder_outputs=scale, model_type=model_type, **extra)
 
 
+def arch_keys(hf: dict) -> tuple[frozenset, dict]:
+  """The model.arch keys (HF config.json names) of T5 / mT5 that slt_jax builds -> (read, fixed).
+
+  read: the keys `config_from_hf` reads. fixed: HF T5Config keys it does not read -> the values they may have
+  in `hf` (those with which HF builds the same model; None: any value, HF ignores it too).
+  """
+  ff = T5Config(feed_forward_proj=hf.get('feed_forward_proj', T5Config.feed_forward_proj))
+  read = frozenset(_HF_FIELDS) | {'model_type', 'tie_word_embeddings', 'scale_decoder_outputs', 'scan_layers',
+                                  'remat'}
+  # HF derives the activation from feed_forward_proj, but a config.json's own dense_act_fn / is_gated_act win.
+  fixed = {'dense_act_fn': (ff.activation,), 'is_gated_act': (ff.gated,), 'is_decoder': (False,),
+           'bos_token_id': None}
+  return read, fixed
+
+
 def config_to_hf(cfg: T5Config) -> dict:
   hf = {k: getattr(cfg, k) for k in _HF_FIELDS}
   arch = 'MT5ForConditionalGeneration' if cfg.model_type == 'mt5' else 'T5ForConditionalGeneration'
