@@ -1,5 +1,6 @@
 """Orbax checkpoints: save -> restore gives identical parameters; a corrupt latest falls back; mismatch errors."""
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -13,8 +14,9 @@ from slt_jax.train import optim
 from slt_jax.train import step as step_lib
 
 
-def _state(width=8, seed=0):
-  model = nnx.Sequential(nnx.Linear(4, width, rngs=nnx.Rngs(seed)), nnx.Linear(width, 3, rngs=nnx.Rngs(seed + 1)))
+def _state(width=8, seed=0, use_bias=True, dtype=jnp.float32):
+  model = nnx.Sequential(nnx.Linear(4, width, use_bias=use_bias, param_dtype=dtype, rngs=nnx.Rngs(seed)),
+                         nnx.Linear(width, 3, param_dtype=dtype, rngs=nnx.Rngs(seed + 1)))
   _, params, _ = nnx.split(model, nnx.Param, ...)
   tx = optim.make_optimizer(default_config.get_config(), 10)
   return step_lib.TrainState(step=jnp.array(seed, jnp.int32), params=params, opt_state=optim.init_state(tx, params),
@@ -73,10 +75,25 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path):
   ckpt.close()
 
 
-def test_mismatched_checkpoint_errors(tmp_path):
-  ckpt = checkpoint_lib.Checkpoints(str(tmp_path), keep=2)
-  ckpt.save(1, _state(width=8), {'step': 1})
+@pytest.mark.parametrize('model, first_leaf', [
+    (dict(width=16), r'params/layers/0/bias/value is float32\[8\] in the checkpoint but float32\[16\] in the model'),
+    (dict(use_bias=False), r'params/layers/0/bias/value \(float32\[8\]\) is in the checkpoint but not in the model'),
+    (dict(dtype=jnp.bfloat16), r'params/layers/0/bias/value is float32\[8\] in the checkpoint but bfloat16\[8\]'),
+], ids=['wider', 'other_leaves', 'other_dtype'])
+def test_checkpoint_of_another_model_is_an_error(tmp_path, model, first_leaf):
+  """Another width, leaf set or dtype: an error naming the first differing leaf and the checkpoint, never a
+  fallback to an older step or a fresh start (orbax alone would cast another dtype silently)."""
+  ckpt = checkpoint_lib.Checkpoints(str(tmp_path), keep=3)
+  ckpt.save(1, _state(**model), {'step': 1})  # an older step of the new model does not make the newer one skip
+  ckpt.save(2, _state(width=8), {'step': 2})
   ckpt.wait()
-  with pytest.raises(checkpoint_lib.CheckpointMismatchError, match='does not match'):
-    ckpt.restore_latest(_state(width=16))
+  ckpt.close()
+  ckpt = checkpoint_lib.Checkpoints(str(tmp_path), keep=3)  # a fresh manager, as a rerun has
+  directory = os.path.join(tmp_path, 'checkpoints', '2')
+  for restore in (ckpt.restore_latest, ckpt.restore_best):
+    with pytest.raises(checkpoint_lib.CheckpointMismatchError) as error:
+      restore(_state(**model))
+    message = str(error.value)
+    assert re.search(first_leaf, message), message
+    assert f'checkpoint {directory} does not match the model' in message and 'fresh --workdir' in message
   ckpt.close()

@@ -236,3 +236,25 @@ def test_sigkill_after_checkpoint_resume_is_exact(tmp_path, cache_dir, uninterru
   steps = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
   assert steps and steps[-1] < NUM_STEPS
   _assert_resumed_equal(str(tmp_path), cache_dir, uninterrupted, steps[-1])
+
+
+# --- a workdir of another model ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_rerun_with_another_model_is_an_error(tmp_path):
+  """A workdir trained with one model config, rerun with a wider or a deeper model: an error naming the first
+  differing leaf and the checkpoint, before any step (never a silent fresh start from step 0 that would then
+  overwrite the old run's checkpoints)."""
+  from slt_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path)
+  trainer.train_and_evaluate(tiny_demo.config(num_train_steps=2, checkpoint_every_steps=2), workdir)
+  wider, deeper = (tiny_demo.config(num_train_steps=4, checkpoint_every_steps=2) for _ in range(2))
+  wider.model.arch.d_model = 48
+  deeper.model.arch.num_layers = 2
+  for config, first_leaf in (
+      (wider, r'params/\S+ is float32\[[^]]*32[^]]*\] in the checkpoint but float32\[[^]]*48[^]]*\] in the model'),
+      (deeper, r'params/\S+ \(float32\[.*\]\) is in the model but not in the checkpoint')):
+    with pytest.raises(checkpoint_lib.CheckpointMismatchError,
+                       match=rf'checkpoint {re.escape(workdir)}/checkpoints/2 does not match the model: {first_leaf}'
+                             r'.*fresh --workdir'):
+      trainer.train_and_evaluate(config, workdir)
+    assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']

@@ -6,13 +6,16 @@ Layout under WORKDIR:
   best/<step>/{state,meta}          the single best step by `best_metric` (T5X's SaveBestCheckpointer idea)
 `state` is the TrainState pytree; `meta` is JSON (step, data position, metrics). Restoring always goes against
 an abstract target (shapes, dtypes, shardings), so a checkpoint restores onto any mesh. A latest checkpoint that
-cannot be read (truncated, corrupt) is skipped with a warning in favour of the one before it.
+cannot be read (truncated, corrupt) is skipped with a warning in favour of the one before it; a checkpoint whose
+leaves (paths, shapes, dtypes) differ from the target's is another model's: CheckpointMismatchError, never a
+silent restart from step 0.
 """
 import contextlib
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import flags
 from absl import logging
@@ -49,7 +52,11 @@ def _manager(directory, max_to_keep, best_metric=None, async_save=True):
       cleanup_tmp_directories=True,
       enable_async_checkpointing=async_save,
   )
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=('state', 'meta'))
+  # Handlers named up front (not registered lazily by the first save / restore): a fresh manager, as on
+  # resuming, can then read a step's tree metadata before restoring it.
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_handlers={'state': ocp.StandardCheckpointHandler(),
+                                              'meta': ocp.JsonCheckpointHandler()})
 
 
 def _abstract(tree):
@@ -113,16 +120,15 @@ class Checkpoints:
   def restore_latest(self, target) -> tuple[Any, dict] | None:
     """The newest readable checkpoint restored onto `target`'s shapes and shardings, or None if there is none.
 
-    Unreadable steps (e.g. truncated files) are skipped with a warning, newest first.
+    Unreadable steps (e.g. truncated files) are skipped with a warning, newest first; a checkpoint of
+    another model (a leaf of another path, shape or dtype) is a CheckpointMismatchError.
     """
     for step in sorted(self.latest.all_steps(), reverse=True):
       try:
         return self._restore(self.latest, step, target)
-      except CheckpointMismatchError:
-        raise
-      except Exception as e:  # pylint: disable=broad-except
-        logging.warning('Checkpoint at step %d in %s is unreadable (%s: %s); trying the previous one.',
-                        step, self.latest.directory, type(e).__name__, str(e)[:300])
+      except _UnreadableCheckpoint as e:  # (a CheckpointMismatchError is raised: never restart silently)
+        logging.warning('Checkpoint at step %d in %s is unreadable (%s); trying the previous one.',
+                        step, self.latest.directory, str(e)[:300])
     return None
 
   def restore_best(self, target, step: int | None = None) -> tuple[Any, dict] | None:
@@ -139,15 +145,61 @@ class Checkpoints:
 
   @staticmethod
   def _restore(manager, step, target):
+    """`step` of `manager` onto `target`; CheckpointMismatchError if its tree is another model's,
+    _UnreadableCheckpoint if its files cannot be read."""
     abstract = _abstract(target)
+    directory = f'{manager.directory}/{step}'
+    try:
+      stored = manager.item_metadata(step)['state']
+    except Exception as e:  # pylint: disable=broad-except  (a truncated or corrupt metadata file)
+      raise _UnreadableCheckpoint(f'{directory}: {type(e).__name__}: {e}') from e
+    if stored is not None:  # (None: no metadata to compare; orbax's restore still checks the tree)
+      _check_same_tree(stored, abstract, directory)
     try:
       restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                 meta=ocp.args.JsonRestore()))
-    except (ValueError, KeyError, TypeError) as e:
-      msg = str(e)
-      if 'shape' in msg.lower() or 'structure' in msg.lower() or 'missing' in msg.lower() or isinstance(e, KeyError):
-        raise CheckpointMismatchError(
-            f'checkpoint {manager.directory}/{step} does not match the model: {msg[:1000]}') from e
-      raise
-    logging.info('Restored checkpoint %s/%d', manager.directory, step)
+    except Exception as e:  # pylint: disable=broad-except  (the tree matched: the files are damaged)
+      raise _UnreadableCheckpoint(f'{directory}: {type(e).__name__}: {e}') from e
+    logging.info('Restored checkpoint %s', directory)
     return restored.state, dict(restored.meta)
+
+
+class _UnreadableCheckpoint(OSError):
+  """A checkpoint whose files cannot be read (truncated, corrupt): restore_latest tries the one before."""
+
+
+def _spec(x) -> tuple[tuple[int, ...], Any]:
+  """(shape, dtype) of an array, ShapeDtypeStruct or orbax ArrayMetadata."""
+  return tuple(getattr(x, 'shape', ())), jnp.dtype(getattr(x, 'dtype', type(x)))
+
+
+def _leaf_text(x) -> str:
+  shape, dtype = _spec(x)
+  return f'{dtype.name}{list(shape)}'
+
+
+def _check_same_tree(stored, abstract, directory: str) -> None:
+  """Raises CheckpointMismatchError unless the checkpoint's leaves (metadata: path, shape, dtype) are exactly
+  the restore target's. Orbax itself would cast another dtype silently, and reports other mismatches in
+  messages that vary between versions; this names the first differing leaf."""
+  ours = ocp.tree.to_flat_dict(abstract, sep='/')
+  theirs = ocp.tree.to_flat_dict(stored, sep='/')
+  missing = [p for p in ours if p not in theirs]      # in the model, not in the checkpoint
+  extra = [p for p in theirs if p not in ours]        # in the checkpoint, not in the model
+  different = [p for p in ours if p in theirs and _spec(ours[p]) != _spec(theirs[p])]
+  if not (missing or extra or different):
+    return
+  bad = {*missing, *extra, *different}
+  # The model's parameters first (the optimizer state mirrors them), each side in its tree order.
+  first = next(p for p in sorted([*ours, *extra], key=lambda p: not p.startswith('params/')) if p in bad)
+  if first in different:
+    what = f'{first} is {_leaf_text(theirs[first])} in the checkpoint but {_leaf_text(ours[first])} in the model'
+  elif first in missing:
+    what = f'{first} ({_leaf_text(ours[first])}) is in the model but not in the checkpoint'
+  else:
+    what = f'{first} ({_leaf_text(theirs[first])}) is in the checkpoint but not in the model'
+  raise CheckpointMismatchError(
+      f'checkpoint {directory} does not match the model: {what} ({len(different)} leaves differ in shape or '
+      f'dtype, {len(missing)} are missing from the checkpoint, {len(extra)} are not in the model). It was '
+      'written by another model config: use a fresh --workdir for this config, or rerun with the config that '
+      'wrote it (WORKDIR/config.json).')
