@@ -6,6 +6,7 @@ pose-format's point names): MediaPipe's pose landmark list, OpenPose's BODY_25 /
 """
 import io
 import os
+import pathlib
 import pickle
 
 import numpy as np
@@ -334,3 +335,23 @@ def test_to_pose_folder(tmp_path, capsys):
   (src / 'bad.npy').unlink()
   assert to_pose.main(['--layout=openpose_137', '--fps=24', str(src), str(dst)]) == 0  # a rerun keeps them
   assert 'wrote 0 .pose files; kept 2 existing' in capsys.readouterr().out
+
+
+def test_readme_preset_table_is_true():
+  """The README's preset x layout table: a ✓ exactly where the layouts of its column have every point."""
+  readme = (pathlib.Path(__file__).parent.parent / 'README.md').read_text(encoding='utf-8')
+  columns = [[n for n in kp_lib.LAYOUTS if n.startswith('holistic_5')], ['holistic_reduced_178'], ['openpose_137'],
+             ['openpose_135'], ['coco_wholebody_133', 'alphapose_133'], ['alphapose_136']]
+  rows = {}
+  for line in readme.splitlines():
+    cells = [c.strip() for c in line.strip().strip('|').split('|')]
+    if len(cells) == 8 and cells[0].startswith('`') and cells[0].strip('`').split('`')[0] in kp_lib.PRESETS:
+      rows[cells[0].strip('`').split('`')[0]] = cells
+  assert sorted(rows) == sorted(kp_lib.PRESETS), 'every preset has a row'
+  for name, cells in rows.items():
+    assert int(cells[1]) == len(kp_lib.PRESETS[name])
+    for layouts, cell in zip(columns, cells[2:]):
+      for layout in layouts:
+        have = set(kp_lib.LAYOUTS[layout].keypoints)
+        complete = all(kp_lib.LAYOUTS[layout].points.get(s) in have for s in kp_lib.PRESET_POINTS[name])
+        assert complete == cell.startswith('✓'), (name, layout, cell)
