@@ -219,7 +219,7 @@ def list_layouts() -> str:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog='python -m slt_jax.tools.to_pose', description=__doc__.split('\n\n')[0],
+  p = argparse.ArgumentParser(prog='python -m slt_jax.tools.to_pose', description=__doc__,
                               epilog='Layouts:\n' + list_layouts(), formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('input', nargs='?', help='a .npy / .npz file, or a folder of them')
   p.add_argument('output', nargs='?', help='the .pose file (or a folder: one .pose per input)')
