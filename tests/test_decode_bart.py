@@ -4,12 +4,13 @@
 language code) and the last one max_new_tokens allows is EOS (forced_eos_token_id). HF counts the forced BOS
 as generated, in max_new_tokens and in the length penalty; we feed it as a decoder prefix and leave it out of
 the output, so HF's tokens are [forced BOS] + ours. Greedy must give HF's tokens exactly, 4-beam search
-(length penalty 1.0 and 0.6) on >= 19 of 20 random inputs.
+(length penalty 1.0 and 0.6) HF's 4 hypotheses and their scores on all 20 random inputs.
 """
 import numpy as np
 import pytest
 from flax import nnx
 
+import hf_beam
 from slt_jax import decode
 from slt_jax.models import from_pretrained
 
@@ -89,16 +90,25 @@ def _hf_generate(model, ids, mask, **kw):
 
 @nnx.jit(static_argnames=('num_beams', 'length_penalty'))
 def _decode(model, ids, mask, num_beams, length_penalty):
+  """Greedy tokens i32[B, NEW], or beam search's (tokens i32[B, K, NEW], scores f32[B, K])."""
   if num_beams == 1:
     return decode.greedy(model, ids, mask, NEW)
-  return decode.beam_search(model, ids, mask, NEW, num_beams, length_penalty=length_penalty)
+  return decode.beam_search(model, ids, mask, NEW, num_beams, length_penalty=length_penalty, return_all=True)
 
 
-def _ours(model, ids, mask, num_beams=1, length_penalty=1.0):
-  """Our tokens with the forced prefix put back, as HF returns them."""
-  out = np.asarray(_decode(model, ids, mask, num_beams, length_penalty))
-  assert out.shape == (ROWS, NEW) and (out[:, -1] == PAD).all()  # the forced BOS's column stays pad
-  return [list(model.decoder_prefix[1:]) + _strip(r) for r in out]
+def _with_prefix(model, tokens):
+  """Our tokens i32[..., NEW] -> (nested) lists of ids with the forced prefix put back, as HF returns them."""
+  if tokens.ndim > 1:
+    return [_with_prefix(model, t) for t in tokens]
+  assert tokens[-1] == PAD  # the forced BOS's column stays pad
+  return list(model.decoder_prefix[1:]) + _strip(tokens)
+
+
+def _ours(model, ids, mask):
+  """Greedy tokens, with the forced prefix put back."""
+  out = np.asarray(_decode(model, ids, mask, 1, 1.0))
+  assert out.shape == (ROWS, NEW)
+  return _with_prefix(model, out)
 
 
 @pytest.mark.parametrize('family', FAMILIES)
@@ -120,12 +130,15 @@ def test_greedy_equals_hf(models, inputs, family):
 @pytest.mark.parametrize('family', FAMILIES)
 @pytest.mark.parametrize('length_penalty', [1.0, 0.6])
 def test_beam_search_agrees_with_hf(models, inputs, family, length_penalty):
+  """All 4 hypotheses of every row and their scores (hf_beam.assert_agree: no float32 ties on these inputs)."""
   hf_model, ours = models[family]
-  want = _hf_generate(hf_model, *inputs, num_beams=4, length_penalty=length_penalty)
-  got = _ours(ours, *inputs, num_beams=4, length_penalty=length_penalty)
-  differ = [(i, w, g) for i, (w, g) in enumerate(zip(want, got)) if w != g]
-  assert len(differ) <= 1, f'rows where HF and we differ (row, HF, ours): {differ}'
-  assert len({len(r) for r in want}) > 2
+  want, want_scores, margins = hf_beam.generate(hf_model, *inputs, 4, length_penalty=length_penalty,
+                                                max_new_tokens=NEW)
+  want = [[_strip(h[1:]) for h in row] for row in want]  # after the decoder start token
+  seqs, scores = _decode(ours, *inputs, 4, length_penalty)
+  assert hf_beam.assert_agree(want, want_scores, margins, _with_prefix(ours, np.asarray(seqs)),
+                              np.asarray(scores)) == []
+  assert len({len(row[0]) for row in want}) > 2
 
 
 def test_max_new_tokens_must_leave_room_after_the_forced_bos(models, inputs):
