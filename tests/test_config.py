@@ -231,7 +231,7 @@ def test_keypoints_must_be_a_preset(keypoints):
   config = _config()
   config.data.keypoints = keypoints
   with pytest.raises(ConfigError, match=rf"data\.keypoints='{keypoints}' is not a keypoint preset; choose one of "
-                                        r"\['hands_body', 'holistic', 'openpose_137', 'reduced_178', 'youtube_asl'\]"):
+                                        r"\['hands_body', 'holistic', 'openpose_137', 'reduced_178', 'wholebody_133', 'youtube_asl'\]"):
     default_config.validate(config, require_data=False)
 
 
