@@ -216,13 +216,14 @@ def test_rows_from_examples_skips_and_errors():
   assert skipped['empty_text'] == ['blank']
   with pytest.raises(tfds_source.TfdsSourceError, match=r"text feature 'sentence/english' not in .*'text'"):
     tfds_source.rows_from_examples(examples, header, pose_io.PoseOptions(), text_key='sentence/english')
-  # dgs_corpus' OpenPose header (137 points) has none of the Holistic points of 'hands_body'.
+  # dgs_corpus' OpenPose header (137 points) has none of the face-mesh points of 'youtube_asl' (it has those
+  # of 'hands_body', by what they are: keypoints.select_indices).
   from sign_language_datasets.datasets import dgs_corpus  # pylint: disable=g-import-not-at-top
   openpose = tfds_source.read_header(os.path.join(os.path.dirname(dgs_corpus.__file__),
                                                   'openpose.poseheader'))
   assert len(kp_lib.header_keypoints(openpose)) == 137
-  with pytest.raises(tfds_source.TfdsSourceError, match='LEFT_HAND_LANDMARKS.*data.keypoints'):
-    tfds_source.rows_from_examples(examples, openpose, pose_io.PoseOptions(keypoints='hands_body'))
+  with pytest.raises(tfds_source.TfdsSourceError, match=r"FACE_LANDMARKS:61 \(face_mesh\.61\).*'openpose_137'.*data.keypoints"):
+    tfds_source.rows_from_examples(examples, openpose, pose_io.PoseOptions(keypoints='youtube_asl'))
   rows, _, skipped = tfds_source.rows_from_examples(examples, openpose, pose_io.PoseOptions(keypoints=None),
                                                     split='dev')
   assert not rows and skipped['unreadable_pose'] == ['ok', 'bad', 'dev#4']  # 543 / 178 points, not 137
