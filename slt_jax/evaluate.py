@@ -14,6 +14,7 @@ import json
 import os
 
 import sacrebleu
+from sacrebleu import significance
 from rouge_score import rouge_scorer
 from rouge_score import tokenizers as rouge_tokenizers
 
@@ -34,9 +35,20 @@ class _WordsOf(rouge_tokenizers.Tokenizer):
     return self._tokenize(text.lower() if self._lowercase else text).split()
 
 
-def _ci95(result) -> dict:
-  """sacrebleu's bootstrap estimate of a corpus score: 95% of resamples lie within mean +- half_width."""
-  return {'mean': float(result._mean), 'half_width': float(result._ci)}  # (Score keeps them as _mean / _ci)
+def _corpus_score(metric, hypotheses: list[str], references: list[str], n_bootstrap: int):
+  """(score, ci95 or None) of sacrebleu's `metric.corpus_score(..., n_bootstrap)`, its 95% interval computed as
+  sacrebleu's Score.estimate_ci does (mean of the resamples; half the span of the middle 95%), on floats:
+  sacrebleu's own `statistics.mean` raises on chrF resamples that mix float and float32 scores (small corpora)."""
+  score = metric.corpus_score(hypotheses, [references]).score
+  if not n_bootstrap:
+    return score, None
+  # pylint: disable=protected-access  (the statistics and resampling sacrebleu's corpus_score uses)
+  stats = metric._extract_corpus_statistics(hypotheses, [references])
+  metric.n_bootstrap, (metric.seed, resamples) = n_bootstrap, significance._bootstrap_resample(
+      stats, metric, n_bootstrap)  # (both go into the signature: bs:N|seed:S)
+  raw = sorted(float(r.score) for r in resamples)
+  tail = len(raw) // 40
+  return score, {'mean': sum(raw) / len(raw), 'half_width': 0.5 * (raw[len(raw) - tail - 1] - raw[tail])}
 
 
 def score(hypotheses: list[str], references: list[str], lowercase: bool = False, tokenize: str = '13a',
@@ -57,14 +69,13 @@ def score(hypotheses: list[str], references: list[str], lowercase: bool = False,
                      f'{MIN_BOOTSTRAP_RESAMPLES} resamples')
   bleu = sacrebleu.BLEU(lowercase=lowercase, tokenize=tokenize)
   chrf = sacrebleu.CHRF(lowercase=lowercase)
-  resamples = n_bootstrap or 1  # sacrebleu: 1 = the score alone
-  bleu_score = bleu.corpus_score(hypotheses, [references], n_bootstrap=resamples)
-  chrf_score = chrf.corpus_score(hypotheses, [references], n_bootstrap=resamples)
+  bleu_score, bleu_ci = _corpus_score(bleu, hypotheses, references, n_bootstrap)
+  chrf_score, chrf_ci = _corpus_score(chrf, hypotheses, references, n_bootstrap)
   scorer = rouge_scorer.RougeScorer(['rougeL'], tokenizer=_WordsOf(bleu.tokenizer, lowercase))
   rouge = [scorer.score(r, h)['rougeL'].fmeasure for h, r in zip(hypotheses, references)]
   metrics = {
-      'bleu': bleu_score.score,
-      'chrf': chrf_score.score,
+      'bleu': bleu_score,
+      'chrf': chrf_score,
       'rougeL': 100.0 * sum(rouge) / len(rouge),
       'bleu_signature': str(bleu.get_signature()),  # only complete after a scoring call.
       'chrf_signature': str(chrf.get_signature()),
@@ -73,7 +84,7 @@ def score(hypotheses: list[str], references: list[str], lowercase: bool = False,
       'num_examples': len(hypotheses),
   }
   if n_bootstrap:
-    metrics['bleu_ci95'], metrics['chrf_ci95'] = _ci95(bleu_score), _ci95(chrf_score)
+    metrics['bleu_ci95'], metrics['chrf_ci95'] = bleu_ci, chrf_ci
   return metrics
 
 

@@ -261,3 +261,12 @@ def test_compare_refuses_runs_of_different_data(tmp_path, capsys):
   # The command line reports these as an error message and exit status 2, not a traceback.
   assert compare.main([run_a, cases['other_refs'][0]]) == 2
   assert 'error:' in capsys.readouterr().err
+
+
+def test_confidence_interval_of_a_small_corpus_whose_chrf_resamples_mix_float_types():
+  """sacrebleu's own CHRF(...).corpus_score(n_bootstrap=...) raises TypeError here (statistics.mean of python
+  floats and float32s): tiny validation splits hit it."""
+  metrics = evaluate.score(['he is', 'x', 'a b'], ['he is a', 'y', 'a b c'], n_bootstrap=1000)
+  low, high = (metrics['chrf_ci95']['mean'] + s * metrics['chrf_ci95']['half_width'] for s in (-1, 1))
+  assert 0.0 <= low < metrics['chrf'] < high
+  assert 'bs:1000|seed:12345' in metrics['chrf_signature']

@@ -30,6 +30,7 @@ from slt_jax.train import flops as flops_lib
 from slt_jax.train import optim
 from slt_jax.train import sharding as sharding_lib
 from slt_jax.train import step as step_lib
+from slt_jax.train import visuals
 
 # Exit status of a run stopped by SIGTERM/SIGINT after writing its checkpoint (EX_TEMPFAIL: "try again").
 PREEMPTED_EXIT_CODE = 75
@@ -134,7 +135,7 @@ def decode_split(run: Run, split: str, params, decode_fn=None) -> tuple[list[str
 
 def evaluate_split(run: Run, split: str, params, step: int, writer=None, decode_fn=None) -> dict:
   uids, refs, hyps = decode_split(run, split, params, decode_fn)
-  metrics = evaluate_lib.score(hyps, refs, lowercase=run.config.evaluation.lowercase)
+  metrics = evaluate_lib.score_with_config(hyps, refs, run.config.evaluation)
   metrics['step'] = int(step)
   if jax.process_index() == 0:
     evaluate_lib.write_predictions(os.path.join(run.workdir, f'predictions_{split}.tsv'), uids, refs, hyps)
@@ -144,6 +145,7 @@ def evaluate_split(run: Run, split: str, params, step: int, writer=None, decode_
     if writer is not None:
       writer.write_scalars(step, {f'{split}/{k}': v for k, v in metrics.items() if isinstance(v, float)})
       writer.write_texts(step, {f'{split}/examples': evaluate_lib.examples_markdown(uids, refs, hyps)})
+      visuals.write_eval_poses(writer, run, split, step, uids, refs, hyps)  # <split>/poses: what the model sees
   return metrics
 
 
@@ -211,6 +213,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                run.splits['train'].num_examples, sum(x.size for x in jax.tree.leaves(state.params)))
   if is_main:
     writer.write_hparams({k: v for k, v in config.training.items() if isinstance(v, (int, float, str, bool))})
+    visuals.write_data_plots(writer, run, start_step)  # data/*: lengths + buckets, detection rates, skipped rows
 
   train_fns = {}  # padding-free TokenCounts (None: padded) -> jitted train step; each compiles once
 
@@ -307,8 +310,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   best_state, best_meta = restored if restored is not None else (state, meta(step))
   best_step, results = int(best_meta['step']), {}
   for split in ('val', 'test'):
-    if split == 'val' and best_step in val_metrics:
-      results[split] = val_metrics[best_step]  # already decoded with these very parameters
+    if split == 'val' and best_step == max(val_metrics, default=None):
+      results[split] = val_metrics[best_step]  # the files of the last evaluation are the best checkpoint's
     elif split in run.splits:
       results[split] = evaluate_split(run, split, best_state.params, best_step, writer, decode_fn)
   writer.close()  # (ends the W&B run too)
