@@ -1,4 +1,5 @@
-"""Read a `.pose` file (pose-format v0.0 / v0.1 / v0.2, Holistic or OpenPose) into float32 arrays.
+"""Read a `.pose` file (pose-format v0.0 / v0.1 / v0.2; any layout of keypoints.LAYOUTS) into float32
+arrays.
 
   arrays = read_pose(path, PoseOptions(keypoints='hands_body', coords='xyz', normalize='shoulders'))
   arrays.points   # f32[T, K, C]  C = 2 (xy) or 3 (xyz); masked points are 0
@@ -23,7 +24,8 @@ from pose_format.utils.reader import BufferReader
 from slt_jax.data import keypoints as kp_lib
 
 # Bump when the output of `read_pose` changes for the same options: it invalidates caches.
-VERSION = 1
+# 2: presets pick points by what they are, so files of other layouts (OpenPose, COCO-WholeBody) now read.
+VERSION = 2
 NORMALIZE_MODES = ('shoulders', 'minmax', 'none')
 
 
