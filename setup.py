@@ -22,6 +22,11 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4",
     "sentencepiece>=0.2",
     "tensorboard>=2.18",
+    # --mode=show, TensorBoard pose images, translate --render: pose-format's visualizer draws with OpenCV;
+    # matplotlib draws the data plots (and ships the DejaVu font used for captions).
+    "opencv-python-headless>=4.8",
+    "matplotlib>=3.8",
+    "pillow>=9",  # captions and GIFs (imported directly; matplotlib needs it too)
     # LoRA / QLoRA (qwix quantisation): the default of the recommended 7B-14B configs, so not an extra.
     "qwix>=0.1.8",
 ]

@@ -19,10 +19,11 @@ from slt_jax.data import video
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (a .py with get_config()).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, metrics and data caches.')
-_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'translate', 'check'],
+_MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval', 'translate', 'check', 'show'],
                           'train (then evaluate the best checkpoint on the test split); eval (the best checkpoint, '
                           'or --config.evaluation.step, on --config.evaluation.split); translate (--inputs); '
-                          'check (what the config resolves to, its size and memory plan, without weights).')
+                          'check (what the config resolves to, its size and memory plan, without weights); '
+                          'show (--inputs drawn as stored and as the model receives them, GIF/MP4).')
 _INPUTS = flags.DEFINE_list('inputs', [], 'translate: .pose files, videos (' + ' '.join(video.VIDEO_SUFFIXES) +
                             ') and/or folders of them.')
 _POSE_ENV = flags.DEFINE_string('pose_env', None, 'translate: the virtual environment of the video pose extractor '
@@ -31,7 +32,14 @@ _POSE_ENV = flags.DEFINE_string('pose_env', None, 'translate: the virtual enviro
                                 '~/.cache/slt_jax/pose-env.')
 _MEMORY_PLAN = flags.DEFINE_bool('memory_plan', True, 'check: also compile the train step on abstract shapes '
                                   'for its per-device memory plan (the slow part for 7B+ models).')
-_OUTPUT = flags.DEFINE_string('output', None, 'translate: also write a TSV (path, translation) here.')
+_OUTPUT = flags.DEFINE_string('output', None, 'translate: also write a TSV (path, translation) here; show: the '
+                              'folder of the animations (default WORKDIR/show).')
+_AUGMENT = flags.DEFINE_bool('augment', False, 'show: the model-input panel shows one draw of the training '
+                             'augmentation (data.augmentations).')
+_RENDER = flags.DEFINE_bool('render', False, 'translate: also write each input as an animation with its '
+                            'translation as subtitle, next to the --output TSV (FILE_videos/).')
+_RENDER_FORMAT = flags.DEFINE_enum('render_format', 'gif', ['gif', 'mp4'], 'show, translate --render: animation '
+                                   'format.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
@@ -80,7 +88,14 @@ def main(argv):
     from slt_jax import translate
     if not _INPUTS.value:
       raise app.UsageError('--mode=translate needs --inputs=FILE.pose,VIDEO.mp4,FOLDER,...')
-    results = translate.translate(config, workdir, _INPUTS.value, _OUTPUT.value, pose_env=_POSE_ENV.value)
+    results = translate.translate(config, workdir, _INPUTS.value, _OUTPUT.value, pose_env=_POSE_ENV.value,
+                                  render=_RENDER.value, render_format=_RENDER_FORMAT.value)
+    return
+  elif _MODE.value == 'show':
+    from slt_jax import show
+    if not _INPUTS.value:
+      raise app.UsageError('--mode=show needs --inputs=FILE.pose,FOLDER,...')
+    show.show(config, workdir, _INPUTS.value, _OUTPUT.value, fmt=_RENDER_FORMAT.value, augment=_AUGMENT.value)
     return
   elif _MODE.value == 'train':
     from slt_jax.train import trainer

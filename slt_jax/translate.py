@@ -54,9 +54,16 @@ def _pad_batch(arrays: list[pose_io.PoseArrays], batch_size: int, frames: int, v
 
 
 def translate(config, workdir: str, inputs: list[str], output: str | None = None,
-              batch_size: int = 16, pose_env: str | None = None) -> list[tuple[str, str]]:
+              batch_size: int = 16, pose_env: str | None = None, render: bool = False,
+              render_format: str = 'gif') -> list[tuple[str, str]]:
   """Translates every readable `.pose` file and video of `inputs`; returns [(path, translation)] and
   prints/writes them. pose_env: the video pose extractor's environment (None: video.default_env_dir())."""
+  if render:  # videos with the translation as subtitle, next to the TSV (show.py): checked before any work
+    from slt_jax import show  # pylint: disable=g-import-not-at-top
+    if not output:
+      raise ValueError('translate --render writes its videos next to the TSV: give --output=FILE.tsv too')
+    if render_format not in show.FORMATS:
+      raise ValueError(f'translate --render_format must be one of {show.FORMATS}, got {render_format!r}')
   config = run_config.for_inference(config, workdir, strict=False)
   options = pose_io.PoseOptions.from_config(config.data)
   tokenizer = tokenizer_lib.get_tokenizer(config, workdir, texts=[])
@@ -99,4 +106,7 @@ def translate(config, workdir: str, inputs: list[str], output: str | None = None
     with open(output, 'w', encoding='utf-8') as f:
       f.write('path\ttranslation\n')
       f.writelines(f'{p}\t{t}\n' for p, t in results)
+  if render:
+    for path in show.render_translations(results, config, output, render_format, pose_file=extractor.pose_file):
+      print(f'# rendered {path}')
   return results
