@@ -71,6 +71,8 @@ def get_config():
   config.data.test_path = ''
   config.data.pose_dir = ''         # pose file of a row: pose_dir/uid.pose
   config.data.cache_dir = ''        # where preprocessed shards go; '' = WORKDIR/cache.
+  config.data.allow_overlap = False  # the same uid or pose file in two splits (test leaking into train) is an
+                                     # error before anything is read; True: a warning (e.g. a known shared split).
   # data.source='tfds': a TFDS builder, e.g. a sign-language-datasets corpus ('slt_jax[datasets]' extra).
   config.data.tfds = ml_collections.ConfigDict(dict(
       name='',             # builder: 'rwth_phoenix2014_t', 'dgs_corpus', ...

@@ -22,6 +22,7 @@ def _config(dgs):
   c = default_config.get_config()
   c.data.train_path = str(dgs / 'train.csv')
   c.data.val_path = str(dgs / 'train.csv')  # evaluate on the training pairs themselves
+  c.data.allow_overlap = True               # (which is otherwise an error)
   c.data.pose_dir = str(dgs / 'sample_dataset')
   c.data.keypoints = 'hands_body'
   c.data.max_frames = 32                    # every sequence (20..152 frames) subsampled to <= 32: one shape

@@ -18,6 +18,7 @@ from slt_jax.data import inputs
 from slt_jax.data import keypoints as kp_lib
 from slt_jax.data import pipeline
 from slt_jax.data import pose_io
+from slt_jax.data import sources
 from slt_jax.data import tfds_source
 
 # sign-language-datasets warns about dataset licences on every builder's download step.
@@ -115,6 +116,10 @@ def test_tfds_config_builds_the_pipeline(phoenix, tmp_path):
   workdir = str(tmp_path)
   # No download happens: the builder was prepared by the fixture.
   with mock.patch.object(tfds.download.DownloadManager, 'download_and_extract', side_effect=AssertionError):
+    # The fixture's dev split holds the training example p1: an error once the splits are read ...
+    with pytest.raises(sources.SplitOverlapError, match=r"train and val: 1 uid\(s\) in both \(e.g. 'p1'\)"):
+      inputs.make_inputs(config, workdir)
+    config.data.allow_overlap = True  # ... unless allowed
     tokenizer, splits = inputs.make_inputs(config, workdir)
   assert set(splits) == {'train', 'val', 'test'}
   train = splits['train']

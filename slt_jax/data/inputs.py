@@ -31,7 +31,10 @@ def resolve_data_paths(config, workdir: str):
 def make_inputs(config, workdir: str, splits=None):
   """(tokenizer, {split: pipeline.SplitData}) for the splits whose paths are set (default: all)."""
   config = resolve_data_paths(config, workdir)
-  # A CSV source: the tokenizer reads the CSV's texts itself; TFDS: the training split's (lazily).
-  tokenizer = tokenizer_lib.get_tokenizer(config, workdir, texts=pipeline.train_texts(config, workdir))
+  # Before anything is trained or written: CSV splits with no usable row, duplicates, splits that overlap.
+  rows = pipeline.check_splits(config, splits)
+  # A CSV source: the tokenizer trains on the checked training texts; TFDS: on the training split's (lazily).
+  texts = [r.text for r in rows['train']] if 'train' in rows else pipeline.train_texts(config, workdir)
+  tokenizer = tokenizer_lib.get_tokenizer(config, workdir, texts=texts)
   datasets = pipeline.make_datasets(config, tokenizer, workdir, splits=splits)
   return tokenizer, datasets

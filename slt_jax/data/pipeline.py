@@ -127,6 +127,8 @@ def make_datasets(config, tokenizer, workdir: str, *, splits=None, shard_index: 
       out[split] = _train_split(config, tokenizer, cache, shard_index, num_shards)
     else:
       out[split] = _eval_split(config, tokenizer, cache, split, shard_index, num_shards)
+  if config.data.get('source', 'csv') != 'csv':  # (CSV splits: checked up front by check_splits)
+    _check_rows(config, {split: data.rows for split, data in out.items()})
   if shard_index == 0 and reports:
     sources.write_skip_report(os.path.join(workdir, 'skipped_rows.json'), reports)
   return out
@@ -192,6 +194,36 @@ def _split_sources(config, splits=None) -> dict[str, _Source]:
   return out
 
 
+def check_splits(config, splits=None) -> dict[str, list]:
+  """The rows of each CSV split, checked before any tokenizer is trained or anything is written.
+
+  Reads the CSVs of `splits` (default: all) and of the other configured splits whose CSV exists (for the
+  overlap check), stat-ing each pose file but reading none: a requested split without a usable row is a
+  sources.NoUsableRowsError (wrong data.pose_dir, say); uids repeated within a split are a warning; the
+  same uid or pose file in two splits is a sources.SplitOverlapError unless data.allow_overlap. TFDS rows
+  are known only once read: make_datasets checks them. Returns {split: rows} of the CSV splits read.
+  """
+  d = config.data
+  if d.get('source', 'csv') != 'csv':
+    return {}
+  text_column, rows = d.get('text_column', 'text'), {}
+  for split in SPLITS:
+    path = d.get(f'{split}_path', '')
+    if path and (split in (splits or SPLITS) or os.path.exists(path)):
+      rows[split], skipped = sources.read_csv(path, d.pose_dir, text_column)
+      if split in (splits or SPLITS):
+        sources.require_usable_rows(split, path, d.pose_dir, rows[split], skipped, text_column)
+  _check_rows(config, rows)
+  return rows
+
+
+def _check_rows(config, rows: dict[str, list]) -> None:
+  """Duplicate uids within each split (a warning), overlap between the splits (an error, see check_splits)."""
+  for split, split_rows in rows.items():
+    sources.report_duplicate_uids(split, split_rows)
+  sources.check_overlap(rows, allow_overlap=config.data.get('allow_overlap', False))
+
+
 # ------------------------------------------------------------------------------------------------
 # Cache: one folder of TFRecord shards + meta.json per (split, source, pose options).
 # ------------------------------------------------------------------------------------------------
@@ -230,8 +262,8 @@ def _build_cache(split, source: _Source, cache_root) -> _Cache:
 
   rows, arrays, skipped = source.load()
   if not rows:
-    raise ValueError(f'{split}: no usable rows in {source.where}; skipped: '
-                     f'{ {k: len(v) for k, v in skipped.items() if v} }')
+    raise sources.NoUsableRowsError(f'{split}: no usable rows in {source.where}; skipped: '
+                                    f'{ {k: len(v) for k, v in skipped.items() if v} }')
   # Write into a private folder, then rename: concurrent hosts never see a half-written cache.
   tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
   os.makedirs(tmp)

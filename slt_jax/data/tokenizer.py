@@ -20,12 +20,15 @@ import os
 import string
 from typing import Iterable, Protocol
 
+from absl import logging
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
 PAD, EOS, UNK, BOS = '<pad>', '</s>', '<unk>', '<s>'
 SPECIALS = (PAD, EOS, UNK, BOS)
 _MARKER = 'slt_jax_tokenizer'  # key in tokenizer_config.json marking our own tokenizers
+# Printable ASCII in the BPE alphabet: unseen letters and signs in new text still encode.
+_BPE_ALPHABET = sorted(set(string.ascii_letters + string.digits + string.punctuation + '▁'))
 
 
 class Tokenizer(Protocol):
@@ -70,6 +73,11 @@ class TrainedTokenizer:
     with open(os.path.join(directory, 'tokenizer_config.json'), 'w') as f:
       json.dump(cfg, f, indent=1)
 
+  def learned_nothing(self) -> bool:
+    """True for a tokenizer trained on no text: only the specials (and BPE's initial alphabet), no merge."""
+    model = json.loads(self._tok.to_str())['model']
+    return not model.get('merges') and set(model['vocab']) <= {*SPECIALS, *_BPE_ALPHABET}
+
   @classmethod
   def load(cls, directory: str) -> 'TrainedTokenizer':
     with open(os.path.join(directory, 'tokenizer_config.json')) as f:
@@ -86,10 +94,8 @@ def train_tokenizer(texts: Iterable[str], kind: str = 'bpe', vocab_size: int = 2
                                         special_tokens=list(SPECIALS))
   elif kind == 'bpe':
     tok = HFTokenizer(models.BPE(unk_token=UNK))
-    # Printable ASCII in the alphabet: unseen letters and signs in new text still encode.
-    alphabet = sorted(set(string.ascii_letters + string.digits + string.punctuation + '▁'))
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                  special_tokens=list(SPECIALS), initial_alphabet=alphabet,
+                                  special_tokens=list(SPECIALS), initial_alphabet=_BPE_ALPHABET,
                                   show_progress=False)
   else:
     raise ValueError(f"tokenizer kind must be 'wordlevel' or 'bpe', got {kind!r}")
@@ -155,21 +161,35 @@ def get_tokenizer(config, workdir: str, texts: Iterable[str] | None = None) -> T
   """The run's tokenizer, in this order of precedence:
 
   1. `config.model.tokenizer` (a directory), 2. `config.model.name` (the checkpoint's),
-  3. `workdir/tokenizer` (trained by an earlier run of this workdir: resuming keeps the ids),
+  3. `workdir/tokenizer` (trained by an earlier run of this workdir: resuming keeps the ids), unless it
+     learnt nothing (left by a run whose data had no usable row, before that was checked up front),
   4. trained now on `texts` (default: the text column of `config.data.train_path`) with
-     `config.data.trained_tokenizer` (kind, vocab_size, lowercase) and saved to `workdir/tokenizer`.
+     `config.data.trained_tokenizer` (kind, vocab_size, lowercase) and saved to `workdir/tokenizer`;
+     no texts is an error, and nothing is saved.
   """
   for directory in (config.model.get('tokenizer', ''), config.model.get('name', '')):
     if directory:
       return load_tokenizer(directory)
   saved = os.path.join(workdir, 'tokenizer')
   if os.path.exists(os.path.join(saved, 'tokenizer.json')):
-    return load_tokenizer(saved)
+    tok = load_tokenizer(saved)
+    if not (isinstance(tok, TrainedTokenizer) and tok.learned_nothing()):
+      return tok
+    # Left by a run whose data had no usable row: no model was trained with it (that run stopped), so
+    # training it again on the texts at hand loses nothing.
+    logging.warning('%s has learnt no token from any text (a run that found no usable rows wrote it): '
+                    'training it again.', saved)
   if texts is None:
     from slt_jax.data import sources  # pylint: disable=g-import-not-at-top
     rows, _ = sources.read_csv(config.data.train_path, config.data.pose_dir,
                                config.data.get('text_column', 'text'))
     texts = [r.text for r in rows]
+  texts = list(texts)
+  if not texts:  # never write a tokenizer of nothing: a corrected rerun would reuse it
+    raise ValueError(f'no training texts to train a tokenizer on (data.train_path={config.data.train_path!r}, '
+                     f'data.pose_dir={config.data.pose_dir!r}) and no usable tokenizer in {saved} from an earlier '
+                     'run: check the data paths or give model.tokenizer (to translate, train in this workdir '
+                     'first). Nothing was written.')
   tcfg = config.data.get('trained_tokenizer', None)
   tok = train_tokenizer(texts, kind=tcfg.kind if tcfg else 'bpe',
                         vocab_size=tcfg.vocab_size if tcfg else 2000,
