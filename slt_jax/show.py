@@ -15,12 +15,14 @@ animation frame per frame of the model's input:
          the unaugmented input (so an augmentation shows as a change); a grey cross marks the normalised origin.
 Masked points (confidence 0 or NaN) are not drawn, nor are limbs with a masked end: a hand that is never detected
 is absent. Drawing and the GIF writer are pose-format's (`pose_format.pose_visualizer.PoseVisualizer`); limbs and
-colours come from the file's header (right panel: its limbs between the preset's points).
+colours come from the file's header (right panel: its limbs between the preset's points; points a preset names in
+another layout's terms take that layout's, keypoints.LAYOUTS).
 
 Also used by the trainer (`strip`: a row of frames of a model input, for TensorBoard: slt_jax/train/visuals.py)
 and by `--mode=translate --render` (`render_translations`: the same animation with the translation as subtitle).
 """
 import dataclasses
+import functools
 import itertools
 import os
 
@@ -36,7 +38,7 @@ from slt_jax.data import pose_io
 
 FORMATS = ('gif', 'mp4')
 PANEL_HEIGHT = 320            # pixels of each panel (the stored one keeps the file's aspect ratio)
-_WHITE, _BLACK, _GREY = (255, 255, 255), (0, 0, 0), (200, 200, 200)
+_WHITE, _BLACK, _GREY, _DARK = (255, 255, 255), (0, 0, 0), (200, 200, 200), (90, 90, 90)
 _FONT_SIZE = 13
 _SEPARATOR = 4                # grey pixels between the panels
 
@@ -69,18 +71,25 @@ class CanvasMap:
     return cls(scale, (width / 2 - center[0] * scale, height / 2 - center[1] * scale))
 
 
+@functools.lru_cache(maxsize=1)
 def reference_header() -> PoseHeader:
-  """Limbs and colours of every layout we know (MediaPipe Holistic, OpenPose 137), for poses without a header."""
-  from pose_format.utils import openpose  # pylint: disable=g-import-not-at-top
-  components = kp_lib.holistic_components('XYZC') + list(openpose.OpenPose_Components)
-  return PoseHeader(0.2, PoseHeaderDimensions(1, 1, 0), components)
+  """Limbs and colours of every layout pose_io knows (keypoints.LAYOUTS; a component name's first layout wins),
+  for points named by a preset (the names of its home layout, whatever the file's layout)."""
+  components = {}
+  for layout in kp_lib.LAYOUTS.values():
+    for component in layout.components():
+      components.setdefault(component.name, component)
+  return PoseHeader(0.2, PoseHeaderDimensions(1, 1, 0), list(components.values()))
 
 
-def header_for(names, source: PoseHeader, width: int, height: int, num_coords: int = 3) -> PoseHeader:
+def header_for(names, sources, width: int, height: int, num_coords: int = 3) -> PoseHeader:
   """A header of the points `names` ((component, point) pairs, each component's points contiguous, as in the
-  presets) of width x height pixels, with the limbs of `source` whose both ends are among them and its colours.
-  A component `source` lacks is drawn as grey points without limbs."""
-  by_name = {c.name: c for c in source.components}
+  presets) of width x height pixels, with the limbs whose both ends are among them and the colours of the
+  component of that name in the first of `sources` (PoseHeaders) that has one; else dark grey points, no limbs."""
+  by_name = {}
+  for source in sources:
+    for component in source.components:
+      by_name.setdefault(component.name, component)
   components, seen = [], set()
   for name, group in itertools.groupby(names, key=lambda kp: kp[0]):
     if name in seen:
@@ -89,14 +98,14 @@ def header_for(names, source: PoseHeader, width: int, height: int, num_coords: i
     points = [p for _, p in group]
     src = by_name.get(name)
     if src is None:
-      limbs, colors = [], [_GREY]
+      limbs, colors = [], [_DARK]
     else:
       index = {p: i for i, p in enumerate(points)}
       src_index = {p: i for i, p in enumerate(src.points)}
       limbs = [(index[src.points[a]], index[src.points[b]]) for a, b in src.limbs
                if src.points[a] in index and src.points[b] in index]
       # A component's colours are per point (cycled): keep each kept point's own.
-      colors = [tuple(int(v) for v in src.colors[src_index[p] % len(src.colors)]) if p in src_index else _GREY
+      colors = [tuple(int(v) for v in src.colors[src_index[p] % len(src.colors)]) if p in src_index else _DARK
                 for p in points]
     components.append(PoseHeaderComponent(name, points, limbs, colors, 'XYZC' if num_coords == 3 else 'XYC'))
   return PoseHeader(0.2, PoseHeaderDimensions(width=int(width), height=int(height), depth=0), components)
@@ -260,10 +269,11 @@ def render(inp: ModelInput, config, *, subtitle: str | None = None, height: int 
   stored_width = max(2, int(round(dims.width * height / max(dims.height, 1))))
   stored_map = CanvasMap(height / max(dims.height, 1), (0.0, 0.0))
   stored_pose = to_pose(inp.stored.points, inp.stored.visible,
-                        header_for(inp.stored.keypoints, inp.header, stored_width, height), inp.fps, stored_map)
+                        header_for(inp.stored.keypoints, [inp.header], stored_width, height), inp.fps, stored_map)
   model_map = CanvasMap.fit(inp.unaugmented.points, inp.unaugmented.visible, height, height)
   model_pose = to_pose(inp.model.points, inp.model.visible,
-                       header_for(inp.model.keypoints, inp.header, height, height, inp.model.points.shape[-1]),
+                       header_for(inp.model.keypoints, [inp.header, reference_header()], height, height,
+                                  inp.model.points.shape[-1]),
                        inp.fps, model_map)
   left, right = draw(stored_pose), draw(model_pose, marker=model_map.offset)
 
@@ -329,7 +339,7 @@ def strip(points: np.ndarray, visible: np.ndarray, names, *, num_frames: int = 8
   t = len(points)
   pick = np.unique(np.round(np.linspace(0, t - 1, min(num_frames, t))).astype(int))
   canvas = CanvasMap.fit(points, visible, size, size)
-  header = header_for(names, reference_header(), size, size, points.shape[-1])
+  header = header_for(names, [reference_header()], size, size, points.shape[-1])
   frames = draw(to_pose(points[pick], visible[pick], header, 1.0, canvas))
   row = np.concatenate(frames + [np.full((size, size * (num_frames - len(frames)), 3), 255, np.uint8)], 1)
   font = _font(11)

@@ -40,11 +40,18 @@ COMPONENT_LABELS = {kp_lib.POSE: 'body', kp_lib.FACE: 'face', kp_lib.LEFT_HAND: 
 # ------------------------------------------------------------------------------------------------------------
 # The split caches (what the model is fed, before batching).
 # ------------------------------------------------------------------------------------------------------------
+_CACHES = {}  # (workdir, split, config as JSON) -> the split's cache, found once per run (a TFDS builder is slow)
+
+
 def _split_cache(config, workdir: str, split: str):
   """The pipeline's cache of `split` (built by the run's make_datasets: here only found again)."""
-  config = inputs_lib.resolve_data_paths(config, workdir)
-  source = pipeline._split_sources(config, [split])[split]  # pylint: disable=protected-access
-  return pipeline._build_cache(split, source, pipeline._cache_root(config, workdir))  # pylint: disable=protected-access
+  key = (workdir, split, config.to_json_best_effort())
+  if key not in _CACHES:
+    resolved = inputs_lib.resolve_data_paths(config, workdir)
+    source = pipeline._split_sources(resolved, [split])[split]  # pylint: disable=protected-access
+    _CACHES[key] = pipeline._build_cache(  # pylint: disable=protected-access
+        split, source, pipeline._cache_root(resolved, workdir))  # pylint: disable=protected-access
+  return _CACHES[key]
 
 
 def _cached_examples(cache, limit: int, with_points: bool = True):
