@@ -1,4 +1,6 @@
 """The pure train step: loss, label smoothing, gradient accumulation, NaN skipping."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,20 +57,80 @@ def setup():
   return graphdef, rest, tx, state
 
 
-def test_cross_entropy_matches_optax_and_smoothing_floor():
-  logits = jnp.array(np.random.RandomState(0).randn(2, 3, 7), jnp.float32)
-  labels = jnp.array([[1, 2, 3], [4, 5, 0]])
-  mask = jnp.array([[True, True, True], [True, True, False]])
-  loss, n = step_lib.cross_entropy(logits, labels, mask)
-  ref = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  np.testing.assert_allclose(loss, jnp.sum(ref * mask), rtol=1e-6)
-  assert n == 5
-  # With smoothing, a prediction equal to the smoothed target scores (nearly) zero.
-  eps, vocab = 0.1, 7
-  target = jax.nn.one_hot(labels, vocab) * (1 - eps) + eps / vocab
-  perfect = jnp.log(target)
-  loss_perfect, _ = step_lib.cross_entropy(perfect, labels, mask, label_smoothing=eps)
-  assert abs(float(loss_perfect)) < 1e-4
+def _reference_cross_entropy(logits, labels, mask, label_smoothing):
+  """optax's smoothed cross-entropy minus the entropy of the smoothed target (so a perfect model scores 0),
+  summed over the mask -> (loss_sum, num_tokens)."""
+  logits = logits.astype(jnp.float32)
+  target = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  entropy = -jnp.sum(jax.scipy.special.xlogy(target, target), axis=-1)
+  loss = optax.softmax_cross_entropy(logits, target) - entropy
+  return jnp.sum(loss * mask), jnp.sum(mask.astype(jnp.float32))
+
+
+# (label_smoothing, vocab, shape of the labels, dtype of the logits); masks drop a random ~30% of the tokens.
+SMOOTHING_CASES = [
+    (0.0, 7, (2, 3), jnp.float32),
+    (0.1, 7, (2, 3), jnp.float32),
+    (0.1, 1000, (3, 5), jnp.float32),
+    (0.3, 2, (4, 6), jnp.float32),
+    (1.0, 11, (2, 4), jnp.float32),     # all mass on the uniform: the loss is KL(uniform || model)
+    (0.2, 50, (3, 4), jnp.bfloat16),    # bf16 logits, computed in float32
+    (0.1, 32, (37,), jnp.float32),      # padding-free token rows: logits [N, V], labels [N], padded tail
+]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _loss_and_grad(loss_fn, logits, labels, mask, label_smoothing):
+  """((loss_sum, num_tokens), d loss_sum / d logits) of loss_fn(logits, labels, mask, label_smoothing)."""
+  loss_sum = lambda x: loss_fn(x, labels, mask, label_smoothing)
+  return loss_sum(logits), jax.grad(lambda x: loss_sum(x)[0])(logits)
+
+
+@pytest.mark.parametrize('label_smoothing,vocab,shape,dtype', SMOOTHING_CASES)
+def test_cross_entropy_equals_optax_smoothed(label_smoothing, vocab, shape, dtype):
+  rs = np.random.RandomState(vocab)
+  logits = jnp.asarray(3 * rs.randn(*shape, vocab), dtype)
+  labels = jnp.asarray(rs.randint(0, vocab, shape))
+  mask = rs.rand(*shape) > 0.3
+  if len(shape) == 1:
+    mask[-5:] = False  # the padded rows after the real tokens
+  mask = jnp.asarray(mask)
+  (loss, n), grad = _loss_and_grad(step_lib.cross_entropy, logits, labels, mask, label_smoothing)
+  (ref_loss, ref_n), ref_grad = _loss_and_grad(_reference_cross_entropy, logits, labels, mask, label_smoothing)
+  assert float(n) == float(ref_n) == int(mask.sum())
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, atol=1e-5)
+  # and its gradient with respect to the logits (zero on masked tokens)
+  np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(ref_grad, np.float32), rtol=1e-4,
+                             atol=1e-6)
+  assert not np.asarray(grad)[~np.asarray(mask)].any()
+
+
+@pytest.mark.parametrize('label_smoothing', [0.0, 0.1, 0.5])
+def test_perfect_prediction_scores_zero(label_smoothing):
+  """A model that predicts the smoothed target exactly has loss 0 (and positive loss otherwise)."""
+  vocab = 9
+  labels = jnp.asarray([[1, 2, 3], [4, 8, 0]])
+  mask = jnp.ones(labels.shape, bool)
+  target = optax.smooth_labels(jax.nn.one_hot(labels, vocab), label_smoothing)
+  perfect = jnp.log(jnp.maximum(target, 1e-30))
+  loss, _ = step_lib.cross_entropy(perfect, labels, mask, label_smoothing)
+  assert abs(float(loss)) < 1e-4
+  assert float(step_lib.cross_entropy(perfect[:, ::-1], labels, mask, label_smoothing)[0]) > 1.0
+
+
+def test_train_step_loss_is_the_smoothed_cross_entropy(setup):
+  """The step's reported loss: the masked mean of the smoothed cross-entropy of the model's logits."""
+  _, _, tx, _ = setup
+  model = TinySLT(10, 11, 4, nnx.Rngs(0), dropout=0.0)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optim.init_state(tx, params),
+                              rng=jax.random.PRNGKey(0))
+  batch = _batch(5)
+  _, metrics = jax.jit(lambda s, b: step_lib.train_step(s, b, graphdef=graphdef, rest=rest, tx=tx,
+                                                        label_smoothing=0.2))(state, batch)
+  loss_sum, n = _reference_cross_entropy(model(batch), batch['labels'], batch['label_mask'], 0.2)
+  np.testing.assert_allclose(metrics['loss'], loss_sum / n, rtol=1e-5)
+  assert float(metrics['num_tokens']) == batch['label_mask'].sum()
 
 
 def test_loss_falls(setup):
