@@ -153,6 +153,17 @@ def get_config():
   # PRNG of each step's dropout key: auto (rbg on CPU, else threefry) | threefry | rbg. The masks themselves are
   # hashed from per-layer keys and positions (models/layers.py dropout_keep), whatever this is.
   config.training.dropout_rng = 'auto'
+  # Two-stage training (README "Two-stage training"; slt_jax/train/init_from.py). Parts of a model: pose_frontend,
+  # pose_encoder, projector (decoder-only families), backbone (the text model), adapters (model.use_lora); on the
+  # command line a list is `--config.training.freeze=backbone,adapters`.
+  config.training.init_from = ''      # workdir of an earlier run to start from (its tokenizer too, unless
+                                      # model.tokenizer is set); '' = random init / model.name. A resumed run
+                                      # resumes from its own checkpoints.
+  config.training.init_step = -1      # init_from's checkpoint step; -1 = its best (else its latest).
+  config.training.init_parts = ()     # the parts taken from init_from; () = every part this model has (a part
+                                      # that run lacks stays at its init, with a log line).
+  config.training.freeze = ()         # parts not trained (kept bit-identical, outside the checkpoints: every
+                                      # mode loads them from init_from / model.name again).
   # Weights & Biases, next to TensorBoard (always written), from process 0; needs `pip install -e '.[wandb]'`.
   config.training.use_wandb = False
   config.training.wandb_project = 'slt_jax'
@@ -265,6 +276,7 @@ def validate(config, require_data: bool = True) -> None:
     raise ConfigError(f"training.host_malloc must be 'auto', 'on' or 'off', got {t.host_malloc!r}")
   if t.wandb_mode not in ('offline', 'online'):
     raise ConfigError(f"training.wandb_mode must be 'offline' or 'online', got {t.wandb_mode!r}")
+  _validate_init_from(t)
   sizes = {a: config.mesh[a] for a in _MESH_AXES}
   if any(v == 0 or v < -1 for v in sizes.values()) or list(sizes.values()).count(-1) > 1:
     raise ConfigError(f'config.mesh {sizes}: each size must be positive, and at most one may be -1 (the rest '
@@ -287,6 +299,36 @@ def validate(config, require_data: bool = True) -> None:
                       'data.tfds.train_split')
   if require_data and d.source == 'csv' and not (d.synthetic.enabled or d.train_path):
     raise ConfigError('set data.train_path (a CSV with uid,text) or turn on data.synthetic.enabled')
+
+
+# The parts of an SLT model that training.init_parts / freeze name (slt_jax/train/init_from.py part_of).
+MODEL_PARTS = ('pose_frontend', 'pose_encoder', 'projector', 'backbone', 'adapters')
+
+
+def part_names(value) -> tuple:
+  """training.freeze / init_parts as a tuple of names: the command line's `backbone,adapters` arrives as one string
+  in a tuple, `--config.training.freeze=backbone` as ('backbone',); both (and a tuple of names) give the names."""
+  items = (value,) if isinstance(value, str) else tuple(value or ())
+  names = [n.strip(' ()[]\'"') for item in items for n in str(item).split(',')]
+  return tuple(n for n in names if n)
+
+
+def _validate_init_from(t) -> None:
+  """training.init_from / init_step / init_parts / freeze (normalised to tuples of part names)."""
+  for field in ('init_parts', 'freeze'):
+    t[field] = part_names(t[field])
+    unknown = [p for p in t[field] if p not in MODEL_PARTS]
+    if unknown:
+      raise ConfigError(f'training.{field}: {unknown} not a part; the parts are {MODEL_PARTS} (comma-separated '
+                        f'on the command line: --config.training.{field}=pose_frontend,pose_encoder)')
+  if not t.init_from and (t.init_parts or t.init_step != -1):
+    raise ConfigError('training.init_parts / init_step choose what to take from training.init_from, which is not '
+                      'set: give init_from=WORKDIR of the earlier run, or drop them')
+  if t.init_from and not os.path.exists(os.path.join(t.init_from, 'config.json')):
+    raise ConfigError(f'training.init_from={t.init_from!r}: no config.json there; name the workdir of an earlier '
+                      'slt_jax training run')
+  if t.init_from:  # config.json keeps where the run's weights came from, whatever the later working directory
+    t.init_from = os.path.abspath(t.init_from)
 
 
 def _validate_evaluation(e) -> None:

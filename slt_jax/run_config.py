@@ -22,6 +22,9 @@ MODEL_EXEMPT = ('attention', 'remat', 'padding_free', 'scan_layers')  # same fun
 _ARCH = 'model.arch.'
 PREPROCESSING = ('keypoints', 'coords', 'normalize', 'max_frames', 'frame_stride', 'hand_normalize',
                  'visibility_channel', 'trained_tokenizer')
+# Where the run's weights come from (slt_jax/train/init_from.py): its frozen parts are not in its checkpoints but
+# loaded from init_from each time, and what its checkpoints hold depends on freeze. Facts of the run: always its own.
+WEIGHTS = ('init_from', 'init_step', 'init_parts', 'freeze')
 
 
 def _flat(tree, prefix: str) -> dict:
@@ -91,4 +94,8 @@ def for_inference(config, workdir: str, strict: bool = True):
       for parent in parents:
         node = node[parent]
       node[leaf] = theirs[path]
+    for field in WEIGHTS:
+      if field in stored.get('training', {}) and field in config.training:
+        value = stored['training'][field]
+        config.training[field] = tuple(value) if isinstance(value, list) else value
   return config

@@ -160,13 +160,17 @@ def load_tokenizer(directory: str) -> Tokenizer:
 def get_tokenizer(config, workdir: str, texts: Iterable[str] | None = None) -> Tokenizer:
   """The run's tokenizer, in this order of precedence:
 
-  1. `config.model.tokenizer` (a directory), 2. `config.model.name` (the checkpoint's),
+  1. `config.model.tokenizer` (a directory), then with `config.training.init_from` the earlier run's (whose
+     embeddings were trained on its ids), 2. `config.model.name` (the checkpoint's),
   3. `workdir/tokenizer` (trained by an earlier run of this workdir: resuming keeps the ids), unless it
      learnt nothing (left by a run whose data had no usable row, before that was checked up front),
   4. trained now on `texts` (default: the text column of `config.data.train_path`) with
      `config.data.trained_tokenizer` (kind, vocab_size, lowercase) and saved to `workdir/tokenizer`;
      no texts is an error, and nothing is saved.
   """
+  init_from = config.training.get('init_from', '') if 'training' in config else ''
+  if init_from and not config.model.get('tokenizer', ''):
+    return _earlier_run_tokenizer(init_from, workdir)
   for directory in (config.model.get('tokenizer', ''), config.model.get('name', '')):
     if directory:
       return load_tokenizer(directory)
@@ -195,4 +199,22 @@ def get_tokenizer(config, workdir: str, texts: Iterable[str] | None = None) -> T
                         vocab_size=tcfg.vocab_size if tcfg else 2000,
                         lowercase=tcfg.lowercase if tcfg else False)
   tok.save(saved)
+  return tok
+
+
+def _earlier_run_tokenizer(init_from: str, workdir: str) -> Tokenizer:
+  """training.init_from's tokenizer (tokenizer_dir: the one trained there, or its pretrained one). A trained one is
+  also saved to WORKDIR/tokenizer, which this run falls back to once the earlier workdir is gone."""
+  from slt_jax.train import init_from as init_from_lib  # pylint: disable=g-import-not-at-top  (jax: only here)
+  saved = os.path.join(workdir, 'tokenizer')
+  try:
+    tok = load_tokenizer(init_from_lib.tokenizer_dir(init_from))
+  except FileNotFoundError:
+    if not os.path.exists(os.path.join(saved, 'tokenizer.json')):
+      raise
+    logging.warning('training.init_from=%s is gone: using its tokenizer as copied to %s', init_from, saved)
+    return load_tokenizer(saved)
+  if isinstance(tok, TrainedTokenizer) and not os.path.exists(os.path.join(saved, 'tokenizer.json')):
+    tok.save(saved)
+  logging.info('Tokenizer of training.init_from=%s (%d ids)', init_from, tok.vocab_size)
   return tok

@@ -43,14 +43,17 @@ def _use_distributed_barriers() -> None:
     flags.FLAGS.experimental_orbax_use_distributed_barrier = True
 
 
-def _manager(directory, max_to_keep, best_metric=None, async_save=True):
+def _manager(directory, max_to_keep, best_metric=None, async_save=True, read_only=False):
+  # read_only: another run's checkpoints (training.init_from), which may still be training: nothing is created,
+  # cleaned up or deleted there.
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep,
+      max_to_keep=None if read_only else max_to_keep,
       best_fn=(lambda m: float(m[best_metric])) if best_metric else None,
       best_mode='max',
       keep_checkpoints_without_metrics=not best_metric,
-      cleanup_tmp_directories=True,
-      enable_async_checkpointing=async_save,
+      cleanup_tmp_directories=not read_only,
+      enable_async_checkpointing=async_save and not read_only,
+      read_only=read_only, create=not read_only, save_interval_steps=0 if read_only else 1,
   )
   # Handlers named up front (not registered lazily by the first save / restore): a fresh manager, as on
   # resuming, can then read a step's tree metadata before restoring it.
@@ -70,15 +73,17 @@ def _abstract(tree):
 class Checkpoints:
   """The latest-N and best-by-metric checkpoint managers of one workdir."""
 
-  def __init__(self, workdir: str, keep: int = 2, best_metric: str = 'bleu', async_save: bool = True):
+  def __init__(self, workdir: str, keep: int = 2, best_metric: str = 'bleu', async_save: bool = True,
+               read_only: bool = False):
     self.best_metric = best_metric
     _use_distributed_barriers()
     if jax.process_count() > 1 and jax.default_backend() == 'cpu':
       # Several CPU processes (gloo collectives): orbax's save thread still runs device collectives beside the
       # main thread's, which deadlocked about one run in two; writing in the main thread keeps one order.
       async_save = False
-    self.latest = _manager(os.path.join(workdir, 'checkpoints'), keep, async_save=async_save)
-    self.best = _manager(os.path.join(workdir, 'best'), 1, best_metric=best_metric, async_save=async_save)
+    self.latest = _manager(os.path.join(workdir, 'checkpoints'), keep, async_save=async_save, read_only=read_only)
+    self.best = _manager(os.path.join(workdir, 'best'), 1, best_metric=best_metric, async_save=async_save,
+                         read_only=read_only)
 
   def save(self, step: int, state, meta: dict, force: bool = False) -> None:
     """Starts writing `step` (async); a failed earlier write surfaces here or in `wait` as CheckpointSaveError."""
@@ -134,14 +139,42 @@ class Checkpoints:
   def restore_best(self, target, step: int | None = None) -> tuple[Any, dict] | None:
     """The best checkpoint (or the given step, from either manager) restored onto `target`."""
     if step is not None:
-      for manager in (self.best, self.latest):
-        if step in manager.all_steps():
-          return self._restore(manager, step, target)
-      raise FileNotFoundError(f'no checkpoint at step {step} in {self.best.directory} or {self.latest.directory}')
+      return self._restore(*self.find(step), target)
     best_step = self.best.best_step()
     if best_step is None:
       return self.restore_latest(target)
     return self._restore(self.best, best_step, target)
+
+  def find(self, step: int | None = None) -> tuple[Any, int] | None:
+    """(manager, step) of `step` (in either manager; FileNotFoundError if neither has it), or with None of the
+    best checkpoint, else the newest latest one; None when there is no checkpoint."""
+    if step is not None:
+      for manager in (self.best, self.latest):
+        if step in manager.all_steps():
+          return manager, step
+      raise FileNotFoundError(f'no checkpoint at step {step} in {self.best.directory} or {self.latest.directory}')
+    if self.best.best_step() is not None:
+      return self.best, self.best.best_step()
+    latest = self.latest.latest_step()
+    return None if latest is None else (self.latest, latest)
+
+  @staticmethod
+  def stored_tree(manager, step: int):
+    """The TrainState tree of a step as stored: nested dicts of orbax ArrayMetadata (shape, dtype), nothing read."""
+    try:
+      return manager.item_metadata(step)['state']
+    except Exception as e:  # pylint: disable=broad-except  (a truncated or corrupt metadata file)
+      raise _UnreadableCheckpoint(f'{manager.directory}/{step}: {type(e).__name__}: {e}') from e
+
+  @staticmethod
+  def restore_partial(manager, step: int, item):
+    """Only the leaves of `item` (a sub-tree of the stored TrainState: nested dicts, ShapeDtypeStruct leaves with
+    the shardings and dtypes to restore onto) from `step`; the rest of the checkpoint is never read."""
+    directory = os.path.join(str(manager.directory), str(step), 'state')
+    restored = ocp.PyTreeCheckpointer().restore(directory, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+    logging.info('Restored part of checkpoint %s', directory)
+    return restored
 
   @staticmethod
   def _restore(manager, step, target):

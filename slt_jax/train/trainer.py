@@ -27,6 +27,7 @@ from slt_jax.data import inputs as inputs_lib
 from slt_jax.models import slt
 from slt_jax.train import checkpoint as checkpoint_lib
 from slt_jax.train import flops as flops_lib
+from slt_jax.train import init_from as init_from_lib
 from slt_jax.train import optim
 from slt_jax.train import sharding as sharding_lib
 from slt_jax.train import step as step_lib
@@ -87,7 +88,12 @@ def setup(config, workdir: str, splits=None, tokenizer=None, pose_dim: int | Non
       lambda: slt.build_model(config, tokenizer.vocab_size, pose_dim, rngs=nnx.Rngs(params=config.training.seed),
                               tokenizer=tokenizer),  # the model's EOS / pad (and a random one's start) ids
       tx, mesh, seed=config.training.seed + 1, eager=bool(config.model.name),
-      trainable=slt.trainable_filter(config))  # with LoRA: adapters + pose front end; the base stays in `rest`
+      # With LoRA: adapters + pose front end; the base stays in `rest`, and so do the parts of training.freeze.
+      trainable=init_from_lib.trainable_filter(config))
+  init_from_lib.check_trainable(config, state.params, rest)
+  # training.init_from: the parameters outside the TrainState (frozen, LoRA base) in every mode; the trained ones
+  # only on a fresh training run (train_and_evaluate), a resumed one has its own.
+  state, rest = init_from_lib.load(config, workdir, state, rest, into='rest')
   return Run(config, workdir, tokenizer, datasets, mesh, graphdef, rest, state, state_shardings, tx, num_steps)
 
 
@@ -207,6 +213,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if restored is not None:
     state, meta = restored
     logging.info('Resuming from step %d.', int(meta['step']))
+  else:  # a fresh run: the trained parameters from training.init_from (a resumed one has its own)
+    state, _ = init_from_lib.load(config, workdir, state, run.rest, into='params')
   start_step = int(jax.device_get(state.step))
   num_steps = run.num_train_steps
   logging.info('Training %d steps (batch %d, %d training examples, %d parameters).', num_steps, t.batch_size,
