@@ -11,7 +11,7 @@ import tiny_demo
 
 OPTIONAL = ('torch', 'peft', 'wandb', 'sign_language_datasets')  # the test / wandb / datasets extras
 MODULES = ('slt_jax', 'slt_jax.models', 'slt_jax.train.trainer', 'slt_jax.main', 'slt_jax.translate',
-           'slt_jax.check', 'slt_jax.evaluate', 'slt_jax.decode')
+           'slt_jax.check', 'slt_jax.evaluate', 'slt_jax.decode', 'slt_jax.show', 'slt_jax.compare')
 
 _BLOCKER = textwrap.dedent('''
     import importlib.abc, sys
