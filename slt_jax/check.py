@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from slt_jax import default_config
 from slt_jax.models import lora, slt
 from slt_jax.train import optim
 from slt_jax.train import sharding as sharding_lib
@@ -58,14 +59,32 @@ def _data_report(config) -> dict:
   return report
 
 
-def _vocab_size(config) -> int:
-  arch_vocab = int(config.model.arch.get('vocab_size', 0) or 0)
-  if arch_vocab:
-    return arch_vocab
-  if config.model.name and os.path.exists(os.path.join(config.model.name, 'config.json')):
-    with open(os.path.join(config.model.name, 'config.json'), encoding='utf-8') as f:
-      return int(json.load(f)['vocab_size'])
-  return int(config.data.get('trained_tokenizer', {}).get('vocab_size', 2000))
+def _vocab_size(config, workdir: str = '') -> tuple[int, str]:
+  """(embedding rows of the model training builds, where that number comes from).
+
+  A checkpoint's and a decoder-only arch's are fixed; an encoder-decoder from random init has one row per
+  tokenizer id (slt.build_lm), whatever model.arch.vocab_size says: the tokenizer training will use
+  (model.tokenizer, else WORKDIR/tokenizer of an earlier run), or, before one is trained,
+  data.trained_tokenizer.vocab_size (an upper bound: a small corpus yields fewer ids).
+  """
+  fixed = default_config.model_vocab_size(config)
+  if fixed is not None:
+    return int(fixed), 'the checkpoint' if config.model.name else 'model.arch.vocab_size'
+  for directory in (config.model.tokenizer, os.path.join(workdir, 'tokenizer') if workdir else ''):
+    if directory and os.path.exists(directory):
+      from slt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+      return int(tokenizer_lib.load_tokenizer(directory).vocab_size), f'the tokenizer in {directory}'
+  return (int(config.data.trained_tokenizer.vocab_size),
+          'data.trained_tokenizer.vocab_size (upper bound: the tokenizer is trained on the texts)')
+
+
+# The pretrained model alone, as HF counts it: LoRA adapters are not part of it, quantized kernels are.
+_BASE_PARAMS = nnx.Any(nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)), lora.QuantizedWeight)
+
+
+def _backbone_params(model):
+  """Parameters of an (abstract) SLT model's text model `lm`, as HF counts them; None without one."""
+  return lora.count_weights(nnx.state(model.lm, _BASE_PARAMS)) if hasattr(model, 'lm') else None
 
 
 def memory_plan(config, graphdef, state, rest, state_shardings, tx, mesh, batch_size: int, frames: int,
@@ -120,7 +139,7 @@ def memory_variants(config, batch_size: int, frames: int, variants=tuple(MEMORY_
   from slt_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   mesh = sharding_lib.make_mesh(config.mesh)
   pose_shape = pipeline.pose_feature_shape(config)
-  vocab = _vocab_size(config)
+  vocab, _ = _vocab_size(config)
   plans = {}
   for name in variants:
     cfg = config.copy_and_resolve_references()
@@ -141,7 +160,7 @@ def check(config, workdir: str, *, memory: bool = True) -> dict:
   from slt_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   mesh = sharding_lib.make_mesh(config.mesh)
   pose_shape = pipeline.pose_feature_shape(config)
-  vocab = _vocab_size(config)
+  vocab, vocab_source = _vocab_size(config, workdir)
   tx = optim.make_optimizer(config, 1000)
   build = lambda: slt.build_model(config, vocab, int(np.prod(pose_shape)), rngs=nnx.Rngs(params=0))
   graphdef, state, rest, state_shardings = sharding_lib.create_sharded_state(
@@ -149,18 +168,23 @@ def check(config, workdir: str, *, memory: bool = True) -> dict:
 
   abstract_model = nnx.eval_shape(build)
   family = getattr(abstract_model, 'family', config.model.family)
-  # The pretrained model alone, as HF counts it: LoRA adapters are not part of it, quantized kernels are.
-  base_params = nnx.Any(nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)), lora.QuantizedWeight)
-  backbone = nnx.state(abstract_model.lm, base_params) if hasattr(abstract_model, 'lm') else None
   report = {
       'family': family,
-      'backbone_params': lora.count_weights(backbone) if backbone is not None else None,
+      'backbone_params': _backbone_params(abstract_model),
       'total_params': lora.count_weights(nnx.state(abstract_model, nnx.Any(nnx.Param, lora.QuantizedWeight))),
       'trainable_params': _count(state.params),
       'devices': [str(d) for d in jax.devices()],
       'mesh': dict(mesh.shape),
       'vocab_size': vocab,
+      'vocab_source': vocab_source,
   }
+  # An encoder-decoder from random init replaces model.arch.vocab_size (the pretrained model's) by the
+  # tokenizer's: report the pretrained size beside the one that will be built.
+  arch_vocab = int(config.model.arch.get('vocab_size', 0) or 0)
+  if not config.model.name and arch_vocab and arch_vocab != vocab and hasattr(abstract_model, 'lm'):
+    report['pretrained_vocab_size'] = arch_vocab
+    report['pretrained_backbone_params'] = _backbone_params(nnx.eval_shape(
+        lambda: slt.build_model(config, arch_vocab, int(np.prod(pose_shape)), rngs=nnx.Rngs(params=0))))
   # Sharding plan: every trained tensor's PartitionSpec (in check.json) and the parameters per spec (printed).
   plan, by_spec = {}, collections.Counter()
   for path, leaf in jax.tree_util.tree_flatten_with_path(state.params)[0]:
@@ -193,11 +217,15 @@ def _gib(x):
 
 def _print(report: dict) -> None:
   lines = [f"family            {report['family']}",
-           f"backbone params   {report['backbone_params']:,}" if report['backbone_params'] else 'backbone params   -',
-           f"total params      {report['total_params']:,}",
-           f"trainable params  {report['trainable_params']:,}",
-           f"mesh              {report['mesh']} on {len(report['devices'])} device(s)",
-           'sharding (params per PartitionSpec):']
+           f"backbone params   {report['backbone_params']:,}" if report['backbone_params'] else 'backbone params   -']
+  if 'pretrained_backbone_params' in report:
+    lines.append(f"  (pretrained, with model.arch's vocab of {report['pretrained_vocab_size']:,}: "
+                 f"{report['pretrained_backbone_params']:,}; training builds the one above)")
+  lines += [f"total params      {report['total_params']:,}",
+            f"vocab size        {report['vocab_size']:,} from {report['vocab_source']}",
+            f"trainable params  {report['trainable_params']:,}",
+            f"mesh              {report['mesh']} on {len(report['devices'])} device(s)",
+            'sharding (params per PartitionSpec):']
   lines += [f'  {spec:<40} {n:,}' for spec, n in report['sharding_summary'].items()]
   if 'memory_per_device' in report:
     lines.append('memory per device (train step, XLA memory analysis):')

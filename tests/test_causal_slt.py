@@ -2,6 +2,9 @@
 chat template, pose padding that changes nothing, cached decoding equal to teacher forcing, a few training
 steps per family with falling loss (plain optax loop, the trainer's loss), and greedy translation from poses.
 """
+import json
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -73,8 +76,12 @@ def _chat_tokenizer(directory):
 
 
 def test_chat_template_prompt_and_eos(ckpts, tmp_path):
-  _chat_tokenizer(str(tmp_path))
-  model = _build(_config(ckpts['qwen2'], tokenizer=str(tmp_path), prompt='translate this'))
+  _chat_tokenizer(str(tmp_path / 'tok'))
+  # The tokenizer's EOS (<|im_end|>, 4) must be one the checkpoint stops on: listed in its generation_config.json
+  # beside config.json's 2, as Qwen2.5-Instruct lists <|im_end|> and <|endoftext|>.
+  ckpt = shutil.copytree(ckpts['qwen2'], tmp_path / 'qwen2')
+  (ckpt / 'generation_config.json').write_text(json.dumps({'eos_token_id': [2, 4]}))
+  model = _build(_config(str(ckpt), tokenizer=str(tmp_path / 'tok'), prompt='translate this'))
   # <|im_start|> user translate this [poses] <|im_end|> <|im_start|> assistant -> target
   assert model.prefix_ids == (3, 5, 7, 8) and model.suffix_ids == (4, 3, 6)
   assert model.eos_id == 4 and model.pad_id == 0 and not hasattr(model, 'answer_start')

@@ -1,5 +1,6 @@
-"""--mode=check on every config: it builds offline without weights, and the seed models' parameter counts equal
-those of the real checkpoints."""
+"""--mode=check on every config: it builds offline without weights, it counts the model training builds (an
+encoder-decoder from random init has the tokenizer's vocabulary), and the seed models' parameter counts beside
+it equal those of the real checkpoints."""
 import importlib.util
 import json
 import pathlib
@@ -43,8 +44,8 @@ def test_check_every_config(path, tmp_path):
     assert written[key] == report[key]
   assert report['total_params'] >= report['backbone_params'] > 0
   assert 0 < report['trainable_params'] <= report['total_params']
-  if path.stem in REAL_PARAMS:
-    assert report['backbone_params'] == REAL_PARAMS[path.stem], path.stem
+  if path.stem in REAL_PARAMS:  # the pretrained size: beside the built one when the vocabularies differ
+    assert report.get('pretrained_backbone_params', report['backbone_params']) == REAL_PARAMS[path.stem]
 
 
 def test_mbart_count_equals_transformers(tmp_path):
@@ -56,7 +57,36 @@ def test_mbart_count_equals_transformers(tmp_path):
   hf_config = transformers.MBartConfig(**{k: v for k, v in config.model.arch.to_dict().items()})
   with torch.device('meta'):
     hf_model = transformers.MBartForConditionalGeneration(hf_config)
-  assert report['backbone_params'] == hf_model.num_parameters()
+  assert report['pretrained_backbone_params'] == hf_model.num_parameters()
+
+
+def test_check_counts_the_vocabulary_training_builds(tmp_path):
+  """From random init an encoder-decoder's embedding has the tokenizer's ids, not model.arch.vocab_size: check
+  counts that model (transformers' T5 of the same config and vocabulary is the oracle), with the tokenizer an
+  earlier run left in WORKDIR/tokenizer, or data.trained_tokenizer.vocab_size before there is one; the
+  pretrained t5-small count (60.5M, vocab 32128) stands beside it."""
+  torch = pytest.importorskip('torch')
+  import transformers  # pylint: disable=g-import-not-at-top
+  from slt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  config = _load(CONFIGS[[p.stem for p in CONFIGS].index('t5_small')])
+
+  def hf_count(vocab):
+    arch = {**config.model.arch.to_dict(), 'vocab_size': vocab}
+    with torch.device('meta'):
+      return transformers.T5ForConditionalGeneration(transformers.T5Config(**arch)).num_parameters()
+
+  report = check.check(config, str(tmp_path / 'fresh'), memory=False)
+  assert (report['vocab_size'], report['backbone_params']) == (2000, hf_count(2000))
+  assert 'upper bound' in report['vocab_source']
+  assert (report['pretrained_vocab_size'], report['pretrained_backbone_params']) == (32128, REAL_PARAMS['t5_small'])
+
+  tok = tokenizer_lib.train_tokenizer(['the old dog saw a cat', 'a cat will see the dog'], kind='wordlevel')
+  tok.save(str(tmp_path / 'run' / 'tokenizer'))
+  report = check.check(config, str(tmp_path / 'run'), memory=False)
+  assert (report['vocab_size'], report['backbone_params']) == (tok.vocab_size, hf_count(tok.vocab_size))
+  assert report['vocab_source'] == f"the tokenizer in {tmp_path / 'run' / 'tokenizer'}"
+  assert json.loads((tmp_path / 'run' / 'check.json').read_text())['pretrained_backbone_params'] == \
+      REAL_PARAMS['t5_small']
 
 
 def test_memory_plan_of_demo(tmp_path):

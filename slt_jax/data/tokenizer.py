@@ -2,7 +2,7 @@
 
   tok = get_tokenizer(config, workdir)      # pretrained dir, or trained on the training texts
   ids = tok.encode('a sentence')           # list[int], no special tokens
-  tok.decode(ids)                          # str, special tokens skipped
+  tok.decode(ids)                          # str up to the first EOS, special tokens skipped
   tok.pad_id, tok.eos_id, tok.bos_id, tok.decoder_start_id, tok.vocab_size
   tok.save(directory)
 
@@ -43,6 +43,18 @@ class Tokenizer(Protocol):
   def save(self, directory: str) -> None: ...
 
 
+def until_eos(ids: Iterable[int], eos_id: int) -> list[int]:
+  """ids (a decoded row, labels) up to the first EOS, without it: what follows EOS is not text (the decoder's
+  pad filler, or whatever a model that missed its stop token went on with). Every Tokenizer.decode cuts here,
+  so the trainer's evaluation, translate and the logged examples all see the same text."""
+  out = []
+  for i in ids:
+    if int(i) == eos_id:
+      break
+    out.append(int(i))
+  return out
+
+
 class TrainedTokenizer:
   """A `tokenizers.Tokenizer` with our four specials."""
 
@@ -61,7 +73,7 @@ class TrainedTokenizer:
     return self._tok.encode(text, add_special_tokens=False).ids
 
   def decode(self, ids: Iterable[int]) -> str:
-    ids = [int(i) for i in ids if int(i) not in self._special_ids]
+    ids = [i for i in until_eos(ids, self.eos_id) if i not in self._special_ids]
     return self._tok.decode(ids, skip_special_tokens=True).strip()
 
   def save(self, directory: str) -> None:
@@ -141,7 +153,7 @@ class PretrainedTokenizer:
     return list(self._tok(text, add_special_tokens=False)['input_ids'])
 
   def decode(self, ids: Iterable[int]) -> str:
-    return self._tok.decode([int(i) for i in ids], skip_special_tokens=True).strip()
+    return self._tok.decode(until_eos(ids, self.eos_id), skip_special_tokens=True).strip()
 
   def save(self, directory: str) -> None:
     self._tok.save_pretrained(directory)

@@ -175,8 +175,9 @@ def _dtypes(config):
   return (jnp.bfloat16 if config.training.mixed_precision == 'bf16' else param_dtype), param_dtype
 
 
-def lm_config(config) -> decoder.DecoderConfig:
-  """The LLM's DecoderConfig: the checkpoint's config.json (model.name) or model.arch."""
+def lm_config(config, tokenizer=None) -> decoder.DecoderConfig:
+  """The LLM's DecoderConfig: the checkpoint's config.json (model.name) or model.arch, whose special ids are
+  then the tokenizer's when one is given (a random model learns the tokenizer's ids: hf.with_tokenizer_ids)."""
   mc = config.model
   if mc.name:
     arch = hf.read_config(mc.name)
@@ -184,7 +185,8 @@ def lm_config(config) -> decoder.DecoderConfig:
     arch = dict(mc.arch.to_dict() if hasattr(mc.arch, 'to_dict') else mc.arch)
     arch.setdefault('model_type', mc.family)
   arch.update(scan_layers=mc.scan_layers, remat=mc.remat)
-  return decoder.config_from_hf(arch)
+  cfg = decoder.config_from_hf(arch)
+  return hf.with_tokenizer_ids(cfg, tokenizer) if tokenizer is not None and not mc.name else cfg
 
 
 def _first(ids):
@@ -195,22 +197,25 @@ def build_causal_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, t
   """The decoder-only SLT model of the contract (pose_dim = K * C).
 
   The LLM is pretrained (config.model.name) or random from config.model.arch (its vocab_size, which must
-  cover the tokenizer's). tokenizer: for the prompt and EOS / pad ids; default: loaded from
+  cover the tokenizer's). tokenizer: for the prompt and the EOS / pad / BOS ids (a random LLM gets its ids
+  from it; a checkpoint must stop on its EOS: hf.check_tokenizer_eos); default: loaded from
   config.model.tokenizer or config.model.name when set, else none (BOS-only prompt, ids from config.json).
   """
   mc = config.model
   dtype, param_dtype = _dtypes(config)
-  if mc.name:
-    lm = hf.from_pretrained(mc.name, dtype, param_dtype, scan_layers=mc.scan_layers, remat=mc.remat)
-  else:
-    lm = decoder.build(lm_config(config), dtype, param_dtype, rngs)
-  cfg = lm.config
-  if vocab_size > cfg.vocab_size:
-    raise ValueError(f'the tokenizer has {vocab_size} ids but the LLM only {cfg.vocab_size} embeddings')
   tok_dir = mc.tokenizer or mc.name
   if tokenizer is None and tok_dir and any(os.path.exists(os.path.join(tok_dir, f)) for f in _TOKENIZER_FILES):
     from slt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
     tokenizer = tokenizer_lib.load_tokenizer(tok_dir)
+  if mc.name:
+    if tokenizer is not None:  # before loading the weights
+      hf.check_tokenizer_eos(mc.name, tokenizer, mc.tokenizer or 'the checkpoint\'s')
+    lm = hf.from_pretrained(mc.name, dtype, param_dtype, scan_layers=mc.scan_layers, remat=mc.remat)
+  else:
+    lm = decoder.build(lm_config(config, tokenizer), dtype, param_dtype, rngs)
+  cfg = lm.config
+  if vocab_size > cfg.vocab_size:
+    raise ValueError(f'the tokenizer has {vocab_size} ids but the LLM only {cfg.vocab_size} embeddings')
   prefix, suffix = prompt_ids(tokenizer, mc.prompt, chat_template=mc.chat_template, bos_id=cfg.bos_token_id)
   eos = tokenizer.eos_id if tokenizer is not None else _first(cfg.eos_token_id)
   pad = tokenizer.pad_id if tokenizer is not None else cfg.pad_token_id

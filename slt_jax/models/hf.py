@@ -169,6 +169,65 @@ def read_config(path: str) -> dict:
   return cfg
 
 
+# --- special token ids: the tokenizer's, or checked against the checkpoint's -------------------------
+
+def _ids(value) -> list:
+  """An HF id field (None, an int or a list of ints) -> list[int]."""
+  if value is None:
+    return []
+  return [int(i) for i in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def with_tokenizer_ids(cfg, tokenizer, where: str = 'config.model.arch'):
+  """A family config (t5.T5Config, bart.BartConfig, decoder.DecoderConfig) with the special ids of `tokenizer`.
+
+  A model from random init has no ids of its own: the labels end with the tokenizer's EOS and are padded with
+  its pad, so decoding must stop on that EOS and the decoder start on the tokenizer's decoder start. The ids
+  of `model.arch` (copied from a checkpoint's config.json) name tokens of another vocabulary. A forced BOS
+  (BART's `forced_bos_token_id`, equal to its `bos_token_id`) becomes the tokenizer's BOS; any other forced id
+  names a token of the checkpoint's vocabulary (mBART's language codes) and is an error here.
+  """
+  fields = {f.name for f in dataclasses.fields(cfg)}
+  ids = dict(pad_token_id=tokenizer.pad_id, eos_token_id=tokenizer.eos_id, bos_token_id=tokenizer.bos_id,
+             decoder_start_token_id=tokenizer.decoder_start_id)
+  forced = getattr(cfg, 'forced_bos_token_id', None)
+  if forced is not None:
+    if forced != getattr(cfg, 'bos_token_id', None) or tokenizer.bos_id is None:
+      raise ValueError(
+          f'{where}.forced_bos_token_id={forced} is an id of the pretrained vocabulary (its bos_token_id is '
+          f'{getattr(cfg, "bos_token_id", None)}), meaningless for a model from random init with the tokenizer\'s '
+          f'ids (BOS {tokenizer.bos_id}): set it to None, or set model.tgt_lang with a tokenizer that has it')
+    ids['forced_bos_token_id'] = tokenizer.bos_id
+  return dataclasses.replace(cfg, **{k: v for k, v in ids.items() if k in fields})
+
+
+def checkpoint_eos_ids(path: str) -> list:
+  """The EOS ids a checkpoint stops on: config.json's eos_token_id and generation_config.json's (HF's
+  generate stops on any of them; instruct checkpoints list their end-of-turn token there)."""
+  with open(os.path.join(path, 'config.json')) as f:
+    ids = _ids(json.load(f).get('eos_token_id'))
+  gen = os.path.join(path, 'generation_config.json')
+  if os.path.exists(gen):
+    with open(gen) as f:
+      ids += [i for i in _ids(json.load(f).get('eos_token_id')) if i not in ids]
+  return ids
+
+
+def check_tokenizer_eos(path: str, tokenizer, tokenizer_name: str) -> None:
+  """Raises ValueError when the tokenizer's EOS (what the labels end with and decoding stops on) is not an EOS
+  of the checkpoint at `path`: the two do not share a vocabulary. The pad id is not checked: padded label
+  positions are masked out of the loss and the decoded ids are cut at EOS, so the tokenizer's pad (or its
+  EOS, when it has none, as HF pads Llama) is used whatever the checkpoint says."""
+  ckpt = checkpoint_eos_ids(path)
+  if ckpt and tokenizer.eos_id not in ckpt:
+    raise ValueError(
+        f'the tokenizer ({tokenizer_name}) has EOS id {tokenizer.eos_id} but the checkpoint {path} has '
+        f'eos_token_id {ckpt[0] if len(ckpt) == 1 else ckpt} (config.json / generation_config.json): labels would '
+        'end in a token the model was not trained to stop on. Use the checkpoint\'s own tokenizer '
+        f'(model.tokenizer=\'\'), or, to teach the model a new stop token (a chat template on a base model), '
+        f'add {tokenizer.eos_id} to eos_token_id in {path}/generation_config.json')
+
+
 def from_pretrained(path: str, dtype=jnp.float32, param_dtype=None, **overrides):
   """Builds our model from an HF checkpoint directory.
 

@@ -3,14 +3,15 @@
 Seq2SeqSLT: pose front end -> encoder (through inputs_embeds) -> decoder, for T5 / mT5 / BART / mBART,
 from random init (config.model.arch, HF config field names) or a pretrained HF checkpoint (config.model.name).
 
-  model = build_model(config, vocab_size, pose_dim, rngs=nnx.Rngs(params=0))
+  model = build_model(config, vocab_size, pose_dim, rngs=nnx.Rngs(params=0), tokenizer=tok)
   logits = model(batch)                                  # f32[B, L, V], logits[:, i] predicts labels[:, i]
   logits, state = model.start_decode(poses, pose_mask, max_new_tokens)
   logits, state = model.decode_step(state, tokens)
 
 The decoder is fed a fixed prefix before the labels: the family's decoder start token, then a forced first
 token when the checkpoint has one (BART's <s>, mBART's target-language code from config.model.tgt_lang).
-Labels therefore carry only the text + EOS, and so do the generated tokens.
+Labels therefore carry only the text + EOS, and so do the generated tokens. The EOS and pad ids are the
+tokenizer's (it makes the labels); a model from random init takes its decoder start and BOS from it too.
 """
 from typing import Optional, Sequence
 
@@ -126,8 +127,12 @@ def _tokenizer(config):
   return AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.name)
 
 
-def build_lm(config, vocab_size: int, rngs: nnx.Rngs):
-  """The text model: pretrained (config.model.name) or random from config.model.arch. -> (lm, family)."""
+def build_lm(config, vocab_size: int, rngs: nnx.Rngs, tokenizer=None):
+  """The text model: pretrained (config.model.name) or random from config.model.arch. -> (lm, family).
+
+  From random init the embedding has the tokenizer's vocab_size ids and, given the tokenizer, its special ids
+  (hf.with_tokenizer_ids: pad, EOS, decoder start, forced BOS); without one, model.arch's.
+  """
   mc = config.model
   dtype, param_dtype = _dtypes(config)
   if mc.name:
@@ -144,7 +149,10 @@ def build_lm(config, vocab_size: int, rngs: nnx.Rngs):
   fam = SEQ2SEQ[family]
   arch = dict(mc.arch.to_dict() if hasattr(mc.arch, 'to_dict') else mc.arch)
   arch.update(vocab_size=vocab_size, model_type=family, scan_layers=mc.scan_layers, remat=mc.remat)
-  return fam.build(fam.config_from_hf(arch), dtype, param_dtype, rngs), family
+  cfg = fam.config_from_hf(arch)
+  if tokenizer is not None:
+    cfg = hf.with_tokenizer_ids(cfg, tokenizer)
+  return fam.build(cfg, dtype, param_dtype, rngs), family
 
 
 def trainable_filter(config):
@@ -155,13 +163,19 @@ def trainable_filter(config):
   return nnx.Any(nnx.LoRAParam, nnx.All(nnx.Param, nnx.Not(nnx.PathContains('lm'))))
 
 
-def build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs) -> nnx.Module:
+def build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, tokenizer=None) -> nnx.Module:
   """The SLT model of the contract; pose_dim = K * C. Decoder-only families go to causal_slt.CausalSLT.
-  With model.use_lora the backbone gets (Q)LoRA adapters (lora.apply_from_config)."""
+  With model.use_lora the backbone gets (Q)LoRA adapters (lora.apply_from_config).
+
+  tokenizer (slt_jax.data.tokenizer's interface; the trainer passes the run's): the model's EOS / pad ids are
+  its own, as the labels are made with it. From random init the decoder start and BOS are the tokenizer's too;
+  a pretrained checkpoint keeps its own and must stop on the tokenizer's EOS (hf.check_tokenizer_eos). Without
+  a tokenizer the ids are model.arch's or the checkpoint's.
+  """
   if config.model.get('padding_free', 0) and _family(config) not in SEQ2SEQ:
     raise ValueError(f'model.padding_free={config.model.padding_free}: padding-free training is implemented for '
                      f'the encoder-decoder families {sorted(SEQ2SEQ)}, not {_family(config)!r}; set it to 0')
-  model = _build_model(config, vocab_size, pose_dim, rngs)
+  model = _build_model(config, vocab_size, pose_dim, rngs, tokenizer)
   L.set_attention_impl(model, config.model.attention)
   if config.model.use_lora:
     lora.apply_from_config(model.lm, config, rngs)
@@ -173,12 +187,15 @@ def _family(config) -> str:
   return hf.read_config(config.model.name)['model_type'] if config.model.name else config.model.family
 
 
-def _build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs) -> nnx.Module:
+def _build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, tokenizer=None) -> nnx.Module:
   mc = config.model
   if _family(config) not in SEQ2SEQ:
-    return causal_slt.build_causal_model(config, vocab_size, pose_dim, rngs)
-  lm, family = build_lm(config, vocab_size, rngs)
+    return causal_slt.build_causal_model(config, vocab_size, pose_dim, rngs, tokenizer=tokenizer)
+  if mc.name and tokenizer is not None:  # before loading the weights
+    hf.check_tokenizer_eos(mc.name, tokenizer, mc.tokenizer or 'the checkpoint\'s')
+  lm, family = build_lm(config, vocab_size, rngs, tokenizer)
   cfg = lm.config
+  eos, pad = (cfg.eos_token_id, cfg.pad_token_id) if tokenizer is None else (tokenizer.eos_id, tokenizer.pad_id)
   dtype, param_dtype = _dtypes(config)
   frontend = PoseFrontEnd(pose_dim, cfg.d_model, hidden=mc.pose.hidden, conv_layers=mc.pose.conv_layers,
                           conv_stride=mc.pose.conv_stride, positions=mc.pose.positions, dropout=mc.pose.dropout,
@@ -197,5 +214,5 @@ def _build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs) -> nnx.
       prompt_ids = tok(mc.prompt, add_special_tokens=False)['input_ids']
   if forced is not None:
     prefix.append(forced)
-  return Seq2SeqSLT(lm, frontend, eos_id=cfg.eos_token_id, pad_id=cfg.pad_token_id, decoder_prefix=prefix,
+  return Seq2SeqSLT(lm, frontend, eos_id=eos, pad_id=pad, decoder_prefix=prefix,
                     prompt_ids=prompt_ids, forced_eos=family in ('bart', 'mbart'))
