@@ -161,6 +161,17 @@ def test_every_config_from_random_init_has_the_tokenizers_ids(path, workdir, tra
   _ids_are_the_tokenizers(model, tok)
 
 
+def test_random_t5_takes_a_model_tokenizer_whose_eos_is_not_1():
+  """model.tokenizer with BART-like ids (pad 1, EOS 2, BOS 0, decoder start 2) on a T5 from random init (whose
+  model.arch says pad 0, EOS 1, start 0): the model follows the tokenizer."""
+  import types  # pylint: disable=g-import-not-at-top
+  tok = types.SimpleNamespace(pad_id=1, eos_id=2, bos_id=0, decoder_start_id=2, vocab_size=64)
+  config = _tiny(CONFIGS[[p.stem for p in CONFIGS].index('t5_small')])
+  model = nnx.eval_shape(lambda: slt.build_model(config, tok.vocab_size, 12, nnx.Rngs(0), tokenizer=tok))
+  _ids_are_the_tokenizers(model, tok)
+  assert model.decoder_prefix == (2,)
+
+
 # One config per special-id layout trains and decodes through the trainer (each run compiles for ~20 s of
 # CPU, so not all 13): T5 (decoder start = pad in model.arch), BART (pad 1 / EOS 2 and a forced BOS in
 # model.arch), Llama 3 (a list of EOS ids, none of them the tokenizer's) with QLoRA.
