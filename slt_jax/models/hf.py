@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
@@ -198,7 +199,12 @@ def with_tokenizer_ids(cfg, tokenizer, where: str = 'config.model.arch'):
           f'{getattr(cfg, "bos_token_id", None)}), meaningless for a model from random init with the tokenizer\'s '
           f'ids (BOS {tokenizer.bos_id}): set it to None, or set model.tgt_lang with a tokenizer that has it')
     ids['forced_bos_token_id'] = tokenizer.bos_id
-  return dataclasses.replace(cfg, **{k: v for k, v in ids.items() if k in fields})
+  ids = {k: v for k, v in ids.items() if k in fields}
+  replaced = {k: (getattr(cfg, k), v) for k, v in ids.items() if getattr(cfg, k) != v}
+  if replaced:  # the run's log says which ids the model really has
+    logging.info('%s: a model from random init takes the tokenizer\'s special ids: %s', where,
+                 ', '.join(f'{k} {old} -> {new}' for k, (old, new) in replaced.items()))
+  return dataclasses.replace(cfg, **ids)
 
 
 def checkpoint_eos_ids(path: str) -> list:
