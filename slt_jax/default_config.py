@@ -62,6 +62,11 @@ def get_config():
       num_heads=8,         # their attention heads (pose.hidden must be a multiple).
   ))
   config.model.chat_template = True  # decoder-only: wrap model.prompt in the tokenizer's chat template if it has one.
+  # Decoder-only: the prompt (text prefix, poses, suffix) attends to itself both ways, as a prefix LM; False =
+  # causal throughout (LLaVA-style, as the LLM was pretrained).
+  config.model.bidirectional_prompt = False
+  # Decoder-only built from `arch` (random init): dropout on the LLM's inputs and each sublayer's output.
+  config.model.llm_dropout = 0.0
 
   # --- data --------------------------------------------------------------------------------------
   config.data = ml_collections.ConfigDict()

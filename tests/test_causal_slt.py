@@ -109,9 +109,10 @@ def test_build_model_dispatches_offline_arch():
 
 # --- padding --------------------------------------------------------------------------------------------
 
-def test_pose_padding_does_not_leak(ckpts):
+@pytest.mark.parametrize('bidirectional', [False, True])
+def test_pose_padding_does_not_leak(ckpts, bidirectional):
   """More padding frames, whatever they hold, leave every row's logits unchanged."""
-  model = _build(_config(ckpts['mistral']))
+  model = _build(_config(ckpts['mistral'], bidirectional_prompt=bidirectional))
   batch = _batch()
   ref = np.asarray(_logits(model, batch))
   padded = dict(batch)
@@ -122,9 +123,11 @@ def test_pose_padding_does_not_leak(ckpts):
   np.testing.assert_allclose(np.asarray(_logits(model, padded)), ref, atol=2e-5)
 
 
-def test_cached_decoding_matches_teacher_forcing(ckpts):
-  """start_decode + decode_step over the labels give model(batch)'s logits (padded poses, batch-first state)."""
-  model = _build(_config(ckpts['gemma']))
+@pytest.mark.parametrize('bidirectional', [False, True])
+def test_cached_decoding_matches_teacher_forcing(ckpts, bidirectional):
+  """start_decode + decode_step over the labels give model(batch)'s logits (padded poses, batch-first state);
+  with model.bidirectional_prompt, in both the prompt attends to itself both ways."""
+  model = _build(_config(ckpts['gemma'], bidirectional_prompt=bidirectional))
   batch = _batch()
   ref = np.asarray(_logits(model, batch))
   start = nnx.jit(lambda m, p, pm: m.start_decode(p, pm, 6))
@@ -136,6 +139,20 @@ def test_cached_decoding_matches_teacher_forcing(ckpts):
     got.append(logits)
   np.testing.assert_allclose(np.stack(got, axis=1), ref, atol=1e-4)
   assert all(leaf.shape[0] == 2 for leaf in jax.tree.leaves(state))
+
+
+def test_bidirectional_prompt_lets_poses_see_later_poses(ckpts):
+  """A prefix LM: changing the last pose frames changes the LLM's output at the first pose position, which
+  a causal LLM never lets happen (checked on its hidden states, with the pose encoder's output held fixed)."""
+  model = _build(_config(ckpts['llama3'], bidirectional_prompt=True))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 8, 64)).astype(np.float32))
+  y = x.at[:, 5:].set(3.0)
+  first = lambda e, p: np.asarray(model.lm(inputs_embeds=e, return_hidden=True, prefix_len=p)[0, 0])
+  np.testing.assert_array_equal(first(x, 0), first(y, 0))
+  assert np.abs(first(x, 8) - first(y, 8)).max() > 1e-3
+  # the tokens after the prefix stay causal: nothing after position 6 reaches it
+  late = lambda e: np.asarray(model.lm(inputs_embeds=e, return_hidden=True, prefix_len=4)[0, 6])
+  np.testing.assert_array_equal(late(x), late(x.at[:, 7:].set(3.0)))
 
 
 # --- training and translation -----------------------------------------------------------------------------

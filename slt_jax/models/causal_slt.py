@@ -8,6 +8,10 @@ prefix / suffix: the prompt. With an instruct tokenizer it is its chat template 
 otherwise BOS + the prompt before the poses and, after them, a learned "answer start" embedding (so the
 position predicting the first target token is never a padding frame).
 
+Attention: causal throughout (LLaVA-style, as the LLM was pretrained), or with model.bidirectional_prompt a
+prefix LM: the prompt (poses included) sees itself both ways, the targets stay causal; cached decoding
+prefills the prompt the same way. model.llm_dropout: dropout inside an LLM built from model.arch.
+
 Padding: pose frames are padded in the middle of the sequence. They are masked as keys and skipped by the
 RoPE positions (`decoder.positions_from_mask`), so a row computes exactly what it would unpadded. The
 logits returned are those of the target positions only, aligned with the labels (logits[:, i] predicts
@@ -18,6 +22,7 @@ labels[:, i]), so the trainer's masked loss covers the target tokens and nothing
   logits, state = model.start_decode(poses, pose_mask, max_new_tokens)
   logits, state = model.decode_step(state, tokens)                  # state: decoder.DecodeState, batch-first
 """
+import dataclasses
 import math
 import os
 from typing import Optional, Sequence
@@ -86,8 +91,11 @@ class CausalSLT(nnx.Module):
   """Poses -> text with a decoder-only LLM `lm` (decoder.Decoder); follows the model contract of slt.py."""
 
   def __init__(self, lm: decoder.Decoder, encoder: PoseEncoder, *, eos_id: int, pad_id: int,
-               prefix_ids: Sequence[int] = (), suffix_ids: Sequence[int] = (), rngs: nnx.Rngs):
+               prefix_ids: Sequence[int] = (), suffix_ids: Sequence[int] = (), bidirectional_prompt: bool = False,
+               rngs: nnx.Rngs):
     self.lm, self.encoder = lm, encoder
+    # A prefix LM (as prefix-LM SLT models): the prompt (poses included) attends to itself both ways.
+    self.bidirectional_prompt = bool(bidirectional_prompt)
     self.eos_id, self.pad_id = int(eos_id), int(pad_id)
     self.vocab_size = int(lm.config.vocab_size)
     self.prefix_ids = tuple(int(i) for i in prefix_ids)
@@ -129,14 +137,16 @@ class CausalSLT(nnx.Module):
     x = jnp.concatenate([x, targets], axis=1)
     mask = jnp.concatenate([mask, jnp.ones(targets.shape[:2], bool)], axis=1)
     with lora.dropout_rngs(self.lm, rngs):  # LoRA adapter dropout (a no-op without adapters)
-      h = self.lm(inputs_embeds=x, attention_mask=mask, return_hidden=True)
+      h = self.lm(inputs_embeds=x, attention_mask=mask, return_hidden=True, rngs=rngs,
+                  prefix_len=p if self.bidirectional_prompt else 0)
       return self.lm.head(h[:, p - 1:p - 1 + l])
 
   def start_decode(self, poses: jax.Array, pose_mask: jax.Array, max_new_tokens: int):
     """-> (logits f32[B, V] of the first generated token, state: decoder.DecodeState, batch-first)."""
     x, mask = self.prompt(poses, pose_mask)
     state = self.lm.init_state(x.shape[0], x.shape[1] + max_new_tokens)
-    return self.lm.extend(state, inputs_embeds=x, attention_mask=mask, last_only=True)
+    return self.lm.extend(state, inputs_embeds=x, attention_mask=mask, last_only=True,
+                          bidirectional=self.bidirectional_prompt)
 
   def decode_step(self, state: decoder.DecodeState, tokens: jax.Array):
     """tokens i32[B] (just chosen) -> (logits f32[B, V] for the next token, new state)."""
@@ -185,7 +195,7 @@ def lm_config(config, tokenizer=None) -> decoder.DecoderConfig:
     arch = dict(mc.arch.to_dict() if hasattr(mc.arch, 'to_dict') else mc.arch)
     arch.setdefault('model_type', mc.family)
   arch.update(scan_layers=mc.scan_layers, remat=mc.remat)
-  cfg = decoder.config_from_hf(arch)
+  cfg = dataclasses.replace(decoder.config_from_hf(arch), dropout=float(mc.get('llm_dropout', 0.0)))
   return hf.with_tokenizer_ids(cfg, tokenizer) if tokenizer is not None and not mc.name else cfg
 
 
@@ -207,6 +217,9 @@ def build_causal_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, t
   if tokenizer is None and tok_dir and any(os.path.exists(os.path.join(tok_dir, f)) for f in _TOKENIZER_FILES):
     from slt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
     tokenizer = tokenizer_lib.load_tokenizer(tok_dir)
+  if mc.name and mc.get('llm_dropout', 0.0):
+    raise ValueError(f'model.llm_dropout={mc.llm_dropout} applies to an LLM built from model.arch; a checkpoint '
+                     f'(model.name={mc.name!r}) has no dropout layers: set it to 0 (LoRA: lora_config.lora_dropout)')
   if mc.name:
     if tokenizer is not None:  # before loading the weights
       hf.check_tokenizer_eos(mc.name, tokenizer, mc.tokenizer or 'the checkpoint\'s')
@@ -227,7 +240,7 @@ def build_causal_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, t
       num_heads=mc.pose_encoder.num_heads, dropout=mc.pose.dropout, dtype=dtype, param_dtype=param_dtype,
       rngs=rngs)
   return CausalSLT(lm, encoder, eos_id=eos, pad_id=eos if pad is None else pad, prefix_ids=prefix,
-                   suffix_ids=suffix, rngs=rngs)
+                   suffix_ids=suffix, bidirectional_prompt=mc.get('bidirectional_prompt', False), rngs=rngs)
 
 
 def count_params_abstract(config, pose_dim: int = 1) -> dict:

@@ -58,6 +58,8 @@ class DecoderConfig:
   bos_token_id: Optional[int] = None
   eos_token_id: Any = None             # int or tuple of ints
   pad_token_id: Optional[int] = None
+  # Not HF fields (HF's LMs have none of these): for training a small LM from scratch (causal_slt).
+  dropout: float = 0.0                 # on the input embeddings and each sublayer's output (training only)
   # Not architecture: how our implementation runs it (from_pretrained(..., scan_layers=False) overrides).
   scan_layers: bool = True             # stack the layers with nnx.scan (fast compiles of 28-48 layers)
   remat: str = 'none'                  # none | full | dots: rematerialisation of each layer
@@ -215,6 +217,12 @@ def positions_from_mask(mask: jax.Array, start: Optional[jax.Array] = None) -> j
   return pos if start is None else pos + start[:, None]
 
 
+def prefix_causal_mask(t: int, prefix_len: int = 0) -> jax.Array:
+  """bool[1, 1, T, T]: causal, except that every query sees the first prefix_len keys (a prefix LM)."""
+  causal = layers.causal_mask(t)
+  return causal | (jnp.arange(t) < prefix_len)[None, None, None, :] if prefix_len else causal
+
+
 class DecoderLayer(nnx.Module):
   """Pre-norm block: x + attn(norm(x)); x + mlp(norm(x)). Attribute names follow HF."""
 
@@ -230,14 +238,18 @@ class DecoderLayer(nnx.Module):
         cfg.hidden_size, cfg.intermediate_size, activation=cfg.hidden_act, gated=True, use_bias=cfg.mlp_bias,
         names=('gate_proj', 'up_proj', 'down_proj'), kernel_init=init, dtype=dtype, param_dtype=param_dtype,
         rngs=rngs)
+    self.dropout = layers.Dropout(cfg.dropout)
 
-  def __call__(self, x, mask, rotary, cache=None):
-    """x: [B, T, hidden]; mask: bool[B, 1, T, S]; cache: layers.KVCache or None -> (x, cache)."""
-    h = self.self_attn(self.input_layernorm(x), mask=mask, rotary=rotary, cache=cache)
+  def __call__(self, x, mask, rotary, cache=None, rngs=None, causal=True):
+    """x: [B, T, hidden]; mask: bool[B, 1, T, S]; cache: layers.KVCache or None -> (x, cache).
+
+    causal=False (with a cache): `mask` alone says what each new token sees (a bidirectional prompt).
+    """
+    h = self.self_attn(self.input_layernorm(x), mask=mask, rotary=rotary, cache=cache, causal=causal)
     if cache is not None:
       h, cache = h
-    x = x + h
-    x = x + self.mlp(self.post_attention_layernorm(x))
+    x = x + self.dropout(h, rngs)
+    x = x + self.dropout(self.mlp(self.post_attention_layernorm(x)), rngs)
     return x, cache
 
 
@@ -295,15 +307,14 @@ class Decoder(nnx.Module):
     """bool[B, 1, T, S]: key within the sliding window of the query (positions over real tokens)."""
     return (q_pos[:, :, None] - k_pos[:, None, :] < self.config.sliding_window)[:, None]
 
-  def _run(self, x, positions, full_mask, sliding_mask, caches=None):
+  def _run(self, x, positions, full_mask, sliding_mask, caches=None, rngs=None, causal=True):
     """Runs the layer stack. Per-layer caches are layer-first here (KVCache leaves [L, B, ...])."""
     c = self.config
     rot = layers.rotary(positions, layers.rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling_dict))
     flags = jnp.asarray(self.config.sliding_layers or (False,) * self.config.num_layers)
     mixed = sliding_mask is not None and not all(self.config.sliding_layers)
 
-    def body(layer, h, xs, rngs):
-      del rngs
+    def body(layer, h, xs, layer_rngs):
       flag, cache = xs
       if sliding_mask is None:
         mask = full_mask
@@ -311,10 +322,11 @@ class Decoder(nnx.Module):
         mask = jnp.where(flag, sliding_mask, full_mask)
       else:
         mask = sliding_mask
-      return layer(h, mask, rot, cache)
+      return layer(h, mask, rot, cache, layer_rngs, causal)
 
+    rngs = rngs if c.dropout else None
     return layers.apply_layers(self.layers, body, x, (flags, caches), num_layers=c.num_layers,
-                               scan=c.scan_layers, remat=c.remat)
+                               scan=c.scan_layers, remat=c.remat, rngs=rngs)
 
   def _inputs(self, input_ids, inputs_embeds):
     if (input_ids is None) == (inputs_embeds is None):
@@ -324,20 +336,24 @@ class Decoder(nnx.Module):
   # -- full forward -----------------------------------------------------------------------------------
   def __call__(self, input_ids: Optional[jax.Array] = None, *, inputs_embeds: Optional[jax.Array] = None,
                attention_mask: Optional[jax.Array] = None, positions: Optional[jax.Array] = None,
-               rngs: Optional[nnx.Rngs] = None, return_hidden: bool = False) -> jax.Array:
+               rngs: Optional[nnx.Rngs] = None, return_hidden: bool = False,
+               prefix_len: int = 0) -> jax.Array:
     """Teacher-forced logits f32[B, T, V] (or the final hidden states [B, T, hidden] before the norm).
 
     attention_mask: bool[B, T] (True = real token; default all real); positions: i32[B, T] (default
-    counted over the real tokens).
+    counted over the real tokens). prefix_len: the first prefix_len positions attend to each other both
+    ways (a prefix LM: every position sees the whole prefix); 0 = causal throughout, as HF.
+    rngs: dropout (config.dropout; HF's LMs have none, LoRA adapters bring their own).
     """
     x = self._inputs(input_ids, inputs_embeds)
     b, t = x.shape[:2]
     mask = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
     positions = positions_from_mask(mask) if positions is None else positions
-    full = layers.combine_masks(layers.causal_mask(t), layers.key_mask(mask))
+    full = layers.combine_masks(prefix_causal_mask(t, prefix_len), layers.key_mask(mask))
     sliding = None if self.config.sliding_window is None else full & self._window(positions, positions)
-    del rngs  # these LMs have no dropout (adapters bring their own).
-    x, _ = self._run(x, positions, full, sliding)
+    if self.config.dropout and rngs is not None:
+      x = layers.Dropout(self.config.dropout)(x, rngs)
+    x, _ = self._run(x, positions, full, sliding, rngs=rngs)
     return x if return_hidden else self.head(x)
 
   # -- incremental decoding ---------------------------------------------------------------------------
@@ -351,10 +367,11 @@ class Decoder(nnx.Module):
 
   def extend(self, state: DecodeState, input_ids: Optional[jax.Array] = None, *,
              inputs_embeds: Optional[jax.Array] = None, attention_mask: Optional[jax.Array] = None,
-             last_only: bool = False):
+             last_only: bool = False, bidirectional: bool = False):
     """Appends T tokens (prefill: the prompt; a step: T = 1) to the cache.
 
     attention_mask: bool[B, T] of the new tokens (False = padding: cached but never attended to).
+    bidirectional: the new tokens see each other both ways (the prefix of `__call__(prefix_len=T)`).
     Returns (logits f32[B, T, V], or f32[B, V] of the last token when last_only; the new state).
     """
     x = self._inputs(input_ids, inputs_embeds)
@@ -368,7 +385,7 @@ class Decoder(nnx.Module):
     layer_first = lambda a: jnp.swapaxes(a, 0, 1)
     caches = layers.KVCache(layer_first(state.k), layer_first(state.v),
                             jnp.broadcast_to(state.index, (self.config.num_layers, b)))
-    x, caches = self._run(x, positions, full, sliding, caches)
+    x, caches = self._run(x, positions, full, sliding, caches, causal=not bidirectional)
     state = DecodeState(layer_first(caches.k), layer_first(caches.v), state.index + t, kv_mask, kv_pos,
                         state.next_pos + new_mask.sum(axis=1, dtype=jnp.int32))
     logits = self.head(x[:, -1:])[:, 0] if last_only else self.head(x)

@@ -306,7 +306,8 @@ class Attention(nnx.Module):
 
   def __call__(self, x: jax.Array, kv=None, *, mask: Optional[jax.Array] = None,
                bias: Optional[jax.Array] = None, rotary: Optional[Callable] = None,
-               cache: Optional[KVCache] = None, rngs: Optional[nnx.Rngs] = None, rows=None, kv_rows=None):
+               cache: Optional[KVCache] = None, rngs: Optional[nnx.Rngs] = None, rows=None, kv_rows=None,
+               causal: bool = True):
     """Attends x to itself, or to `kv` (cross-attention).
 
     x: [B, T, d_model]. kv: None (self-attention), a source [B, S, d_model], or precomputed (k, v) from
@@ -314,7 +315,8 @@ class Attention(nnx.Module):
     [B, H, T, S], added to the scaled logits. rotary: (q, k) -> (q, k) on [B, T, H, D] (positions are the
     caller's business, including the cache offset). cache: self-attention KVCache; then the new k/v are
     written at cache.index, the keys are the whole cache [B, S_max] with a causal mask from the index,
-    and (y, new_cache) is returned. Returns y: [B, T, d_model].
+    and (y, new_cache) is returned (causal=False: no causal mask, `mask` alone decides, e.g. a bidirectional
+    prompt). Returns y: [B, T, d_model].
 
     Padding-free (token_rows): with `rows`, x is the token rows [N, d_model] of a [B, T] batch and so is y;
     the projections run on the rows and only the attention core on [B, T, H, D]. `kv_rows` does the same
@@ -336,8 +338,9 @@ class Attention(nnx.Module):
     if cache is not None:
       k = _write_rows(cache.k, k, cache.index)
       v = _write_rows(cache.v, v, cache.index)
-      causal = cache_mask(cache.index, t, k.shape[1])
-      mask = causal if mask is None else jnp.logical_and(mask, causal)
+      if causal:
+        order = cache_mask(cache.index, t, k.shape[1])
+        mask = order if mask is None else jnp.logical_and(mask, order)
       cache = KVCache(k, v, cache.index + t)
     out = self._attend(q, k, v, mask, bias, rngs)
     out = out.reshape(b, t, self.num_heads * self.head_dim)
