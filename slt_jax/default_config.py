@@ -100,6 +100,11 @@ def get_config():
       enabled=False, seed=0, vocab_size=120, num_signers=8, num_train=4000, num_val=200, num_test=200,
       noise=0.01, dropout_prob=0.02,
   ))
+  # Several corpora in one run (README "Two-stage training"): NAME -> mixture_corpus(...) below, each with its own
+  # source, paths, pose_dir and text column (one keypoint preset reads every layout). Training batches each come
+  # from one corpus, drawn with probability weight / sum of weights; val / test score every corpus and all of them
+  # together (metrics.json: split -> overall, and 'corpora' -> NAME -> that corpus's). Empty = the data.* source.
+  config.data.mixture = ml_collections.ConfigDict()
   config.data.keypoints = 'hands_body'   # keypoint preset: slt_jax/data/keypoints.py PRESETS ('holistic' = all 543).
   config.data.coords = 'xyz'             # xy | xyz
   config.data.normalize = 'shoulders'    # shoulders | minmax (seed's [-1, 1]) | none
@@ -206,7 +211,21 @@ def get_config():
 
 
 # Sub-trees whose fields are free-form (HF config.json fields, passed through to the model family).
-_FREE_FORM = ('model.arch', 'data.tfds.config_kwargs')
+_FREE_FORM = ('model.arch', 'data.tfds.config_kwargs', 'data.mixture')  # (data.mixture: _validate_mixture)
+
+
+def mixture_corpus(**fields) -> ml_collections.ConfigDict:
+  """One corpus of data.mixture, e.g. `config.data.mixture.dgs = mixture_corpus(source='tfds', tfds=dict(
+  name='dgs_corpus', ...), weight=2.0)`; the fields mean what the data.* fields of the same name do."""
+  corpus = ml_collections.ConfigDict(dict(
+      source='csv', train_path='', val_path='', test_path='', pose_dir='', text_column='text',
+      tfds=get_config().data.tfds,
+      weight=1.0,  # training batches from this corpus: weight / sum of the corpora's weights (> 0 with train_path).
+  ))
+  tfds = fields.pop('tfds', {})
+  corpus.update(fields)
+  corpus.tfds.update(tfds)
+  return corpus
 
 
 # Fields that configs no longer take -> why (a config that sets one gets this instead of "unknown field").
@@ -295,6 +314,7 @@ def validate(config, require_data: bool = True) -> None:
   if d.source == 'tfds' and d.synthetic.enabled:
     raise ConfigError("data.synthetic.enabled generates CSV files: it needs data.source='csv'")
   _check_data_shapes(d)
+  _validate_mixture(d)
   if t.best_metric not in _BEST_METRICS:
     raise ConfigError(f'training.best_metric must be one of {_BEST_METRICS} (validation metrics, the highest value '
                       f'is the best), got {t.best_metric!r}')
@@ -302,7 +322,7 @@ def validate(config, require_data: bool = True) -> None:
   if require_data and d.source == 'tfds' and not (d.tfds.name and d.tfds.train_split):
     raise ConfigError("data.source='tfds' needs data.tfds.name (e.g. 'rwth_phoenix2014_t') and "
                       'data.tfds.train_split')
-  if require_data and d.source == 'csv' and not (d.synthetic.enabled or d.train_path):
+  if require_data and d.source == 'csv' and not (d.synthetic.enabled or d.train_path or d.mixture):
     raise ConfigError('set data.train_path (a CSV with uid,text) or turn on data.synthetic.enabled')
 
 
@@ -316,6 +336,43 @@ def part_names(value) -> tuple:
   items = (value,) if isinstance(value, str) else tuple(value or ())
   names = [n.strip(' ()[]\'"') for item in items for n in str(item).split(',')]
   return tuple(n for n in names if n)
+
+
+def _validate_mixture(d) -> None:
+  """data.mixture: corpus names, each corpus's fields (those of mixture_corpus), weights, and no data.* source."""
+  if not d.mixture:
+    return
+  own = {f: d[f] for f in ('train_path', 'val_path', 'test_path', 'pose_dir') if d[f]}
+  if own or d.synthetic.enabled or d.source != 'csv':
+    raise ConfigError(f'data.mixture names the corpora: data.train_path / val_path / test_path / pose_dir '
+                      f'({own}), data.source ({d.source!r}) and data.synthetic.enabled are then not used; leave them '
+                      'at their defaults and give each corpus its own (default_config.mixture_corpus)')
+  trained = 0
+  for name in d.mixture.keys():
+    corpus = d.mixture[name]
+    if not (name.replace('_', '').replace('-', '').isalnum() and name.isascii()):
+      raise ConfigError(f'data.mixture.{name}: a corpus name is letters, digits, _ and - (it names the corpus in '
+                        'metrics.json, TensorBoard and the uids of predictions_<split>.tsv)')
+    if not isinstance(corpus, ml_collections.ConfigDict):
+      raise ConfigError(f'data.mixture.{name} must be a group of fields (default_config.mixture_corpus), got '
+                        f'{corpus!r}')
+    template = mixture_corpus()
+    if isinstance(corpus.get('tfds', None), ml_collections.ConfigDict) and 'config_kwargs' in corpus.tfds:
+      template.tfds.config_kwargs = corpus.tfds.config_kwargs  # free-form, as data.tfds.config_kwargs
+    _check_fields(corpus, template, f'data.mixture.{name}.')
+    if corpus.source not in ('csv', 'tfds'):
+      raise ConfigError(f"data.mixture.{name}.source must be 'csv' or 'tfds', got {corpus.source!r}")
+    has_train = corpus.train_path if corpus.source == 'csv' else corpus.tfds.train_split and corpus.tfds.name
+    if corpus.source == 'csv' and not corpus.pose_dir:
+      raise ConfigError(f'data.mixture.{name}.pose_dir is not set (the pose of a row is pose_dir/<uid>.pose)')
+    if corpus.source == 'tfds' and not corpus.tfds.name:
+      raise ConfigError(f"data.mixture.{name}: source='tfds' needs tfds.name")
+    if has_train and not corpus.weight > 0:
+      raise ConfigError(f'data.mixture.{name}.weight must be > 0 (its share of the training batches), got '
+                        f'{corpus.weight!r}')
+    trained += bool(has_train)
+  if not trained:
+    raise ConfigError('data.mixture: no corpus has a training split (train_path, or tfds.train_split)')
 
 
 def _validate_init_from(t) -> None:

@@ -89,6 +89,8 @@ class SplitData:
   num_batches: int | None         # eval: batches each host yields; train: None (infinite)
   pose_shape: tuple[int, int]     # (K, C) of `poses`
   _make: Callable[[int], tf.data.Dataset]
+  # data.mixture: corpus -> (start, stop) of its rows in `rows` (whose uids are then 'corpus/uid'); {} otherwise.
+  corpora: dict = dataclasses.field(default_factory=dict)
 
   def dataset(self, start_step: int = 0) -> tf.data.Dataset:
     """The tf.data.Dataset; for train, the batches start_step, start_step + 1, ... of the stream."""
@@ -120,14 +122,14 @@ def make_datasets(config, tokenizer, workdir: str, *, splits=None, shard_index: 
     import jax  # pylint: disable=g-import-not-at-top
     shard_index, num_shards = jax.process_index(), jax.process_count()
   out, reports = {}, {}
-  for split, source in _split_sources(config, splits).items():
-    cache = _build_cache(split, source, _cache_root(config, workdir))
-    reports[split] = cache.meta['skipped']
+  for split, split_sources in _sources(config, splits).items():
+    caches = [(source, _build_cache(split, source, _cache_root(config, workdir))) for source in split_sources]
+    reports[split] = _skipped(caches)
     if split == 'train':
-      out[split] = _train_split(config, tokenizer, cache, shard_index, num_shards)
+      out[split] = _train_split(config, tokenizer, caches, shard_index, num_shards)
     else:
-      out[split] = _eval_split(config, tokenizer, cache, split, shard_index, num_shards)
-  if config.data.get('source', 'csv') != 'csv':  # (CSV splits: checked up front by check_splits)
+      out[split] = _eval_split(config, tokenizer, caches, split, shard_index, num_shards)
+  if not _all_csv(config):  # (CSV splits: checked up front by check_splits)
     _check_rows(config, {split: data.rows for split, data in out.items()})
   if shard_index == 0 and reports:
     sources.write_skip_report(os.path.join(workdir, 'skipped_rows.json'), reports)
@@ -137,16 +139,18 @@ def make_datasets(config, tokenizer, workdir: str, *, splits=None, shard_index: 
 def train_texts(config, workdir: str) -> Iterator[str] | None:
   """Texts to train a tokenizer on when the source is not a CSV the tokenizer reads itself (None then).
 
-  Lazy: the training split's cache is built (or read) only if the texts are consumed.
+  Lazy: the training split's cache is built (or read) only if the texts are consumed. A data.mixture with a
+  TFDS corpus: the texts of every corpus's training split.
   """
-  if config.data.get('source', 'csv') == 'csv':
+  if _all_csv(config):
     return None
 
   def texts():
-    source = _split_sources(config, ['train']).get('train')
-    if source is None:
+    train_sources = _sources(config, ['train']).get('train')
+    if not train_sources:
       raise ValueError('training a tokenizer needs a training split (data.tfds.train_split)')
-    yield from (r.text for r in _build_cache('train', source, _cache_root(config, workdir)).rows)
+    for source in train_sources:
+      yield from (r.text for r in _build_cache('train', source, _cache_root(config, workdir)).rows)
   return texts()
 
 
@@ -164,11 +168,54 @@ class _Source:
   meta: dict                    # stored in the cache's meta.json (csv_path + pose_dir, or tfds)
   options: pose_io.PoseOptions
   load: Callable[[], tuple]     # () -> (rows, arrays, skipped) as sources.load_split
+  corpus: str = ''              # its data.mixture name ('' without a mixture)
+  weight: float = 1.0           # data.mixture: its weight in the training batches
+
+
+def _corpora(config) -> list[tuple[str, float, object]]:
+  """(name, weight, data config) of each corpus: data.mixture's (sorted by name), each data.* with the corpus's own
+  source fields (default_config.mixture_corpus), or ('', 1.0, config.data) without a mixture."""
+  d = config.data
+  if not d.get('mixture', None):
+    return [('', 1.0, d)]
+  out = []
+  for name in d.mixture.keys():
+    corpus = d.mixture[name]
+    view = d.copy_and_resolve_references()
+    with view.unlocked():
+      for field in ('source', 'train_path', 'val_path', 'test_path', 'pose_dir', 'text_column', 'tfds'):
+        view[field] = corpus[field]
+      view.mixture = {}
+    out.append((name, float(corpus.weight), view))
+  return out
+
+
+def _all_csv(config) -> bool:
+  return all(d.get('source', 'csv') == 'csv' for _, _, d in _corpora(config))
+
+
+def _uid(corpus: str, uid: str) -> str:
+  """A row's uid in a split's rows: 'corpus/uid' in a data.mixture (uids of two corpora may be the same)."""
+  return f'{corpus}/{uid}' if corpus else uid
+
+
+def _sources(config, splits=None) -> dict[str, list[_Source]]:
+  """Each configured split among `splits` -> the _Source of every corpus that has it (one without data.mixture)."""
+  out = {}
+  for name, weight, d in _corpora(config):
+    for split, source in _data_sources(d, splits).items():
+      out.setdefault(split, []).append(dataclasses.replace(source, corpus=name, weight=weight))
+  return out
 
 
 def _split_sources(config, splits=None) -> dict[str, _Source]:
-  """The one place that dispatches on `config.data.source`: the configured splits among `splits`."""
-  d = config.data
+  """The _Source of each configured split among `splits` (with data.mixture: its first corpus's)."""
+  return {split: found[0] for split, found in _sources(config, splits).items()}
+
+
+def _data_sources(d, splits=None) -> dict[str, _Source]:
+  """The one place that dispatches on `data.source` (d: config.data, or a data.mixture corpus's view): the
+  configured splits among `splits`."""
   options = pose_io.PoseOptions.from_config(d)
   wanted = splits or SPLITS
   source = d.get('source', 'csv')
@@ -201,20 +248,23 @@ def check_splits(config, splits=None) -> dict[str, list]:
   overlap check), stat-ing each pose file but reading none: a requested split without a usable row is a
   sources.NoUsableRowsError (wrong data.pose_dir, say); uids repeated within a split are a warning; the
   same uid or pose file in two splits is a sources.SplitOverlapError unless data.allow_overlap. TFDS rows
-  are known only once read: make_datasets checks them. Returns {split: rows} of the CSV splits read.
+  are known only once read: make_datasets checks them. Returns {split: rows} of the CSV splits read ({} when a
+  TFDS source is among them).
   """
-  d = config.data
-  if d.get('source', 'csv') != 'csv':
-    return {}
-  text_column, rows = d.get('text_column', 'text'), {}
-  for split in SPLITS:
-    path = d.get(f'{split}_path', '')
-    if path and (split in (splits or SPLITS) or os.path.exists(path)):
-      rows[split], skipped = sources.read_csv(path, d.pose_dir, text_column)
-      if split in (splits or SPLITS):
-        sources.require_usable_rows(split, path, d.pose_dir, rows[split], skipped, text_column)
+  rows = {}
+  for name, _, d in _corpora(config):  # (data.mixture: every CSV corpus; uids as 'corpus/uid')
+    if d.get('source', 'csv') != 'csv':
+      continue
+    text_column = d.get('text_column', 'text')
+    for split in SPLITS:
+      path = d.get(f'{split}_path', '')
+      if path and (split in (splits or SPLITS) or os.path.exists(path)):
+        found, skipped = sources.read_csv(path, d.pose_dir, text_column)
+        if split in (splits or SPLITS):
+          sources.require_usable_rows(_uid(name, split), path, d.pose_dir, found, skipped, text_column)
+        rows.setdefault(split, []).extend(dataclasses.replace(r, uid=_uid(name, r.uid)) for r in found)
   _check_rows(config, rows)
-  return rows
+  return rows if _all_csv(config) else {}  # (a TFDS corpus: its rows are read, and all checked, by make_datasets)
 
 
 def _check_rows(config, rows: dict[str, list]) -> None:
@@ -466,8 +516,9 @@ class _BatchPlan:
   """
 
   def __init__(self, examples: _HostExamples, batch: int, bounds: np.ndarray, seed: int, *,
-               speed: float = 0.0, frame_dropout: float = 0.0, pool: int = _SORT_POOL):
+               speed: float = 0.0, frame_dropout: float = 0.0, pool: int = _SORT_POOL, stream: int = 0):
     self.examples, self.batch, self.bounds, self.seed = examples, batch, bounds, seed
+    self.stream = stream  # data.mixture: the corpus's number (0: the first, or the only one)
     self.speed, self.frame_dropout, self.pool = speed, frame_dropout, pool
     self.num_examples = len(examples.index)
     self.batches_per_epoch = max(self.num_examples, batch) // batch
@@ -484,7 +535,7 @@ class _BatchPlan:
       return self._epochs[e]
 
   def _make_epoch(self, e: int) -> dict:
-    rng = np.random.default_rng([self.seed % 2**63, e])
+    rng = np.random.default_rng([self.seed % 2**63, e] + ([self.stream] if self.stream else []))
     n, b, nb = self.num_examples, self.batch, self.batches_per_epoch
     order = np.concatenate([rng.permutation(n) for _ in range(-(-b // n))])[:nb * b]
     src = self.examples.lengths[order]
@@ -537,13 +588,94 @@ class _BatchPlan:
             out.astype(np.int32))
 
 
-def _train_split(config, tokenizer, cache: _Cache, shard_index, num_shards) -> SplitData:
+class _Mixture:
+  """Batch `step` of a weighted mixture of corpora's batch streams (data.mixture), a pure function of the step.
+
+  The steps come in blocks of BLOCK: block b is a permutation, seeded by (seed, b), of m_c steps of each corpus c
+  (m_c = its weight's share of BLOCK, largest remainders), so over each block the corpora get their weights'
+  shares exactly. A corpus's stream is read densely, in order: the step at position p of block b reads its batch
+  b * m_c + (its steps in the block before p), so each corpus still goes through its own epochs. O(BLOCK) per
+  block, whatever the step: a resumed run gets the batches of an uninterrupted one.
+  """
+  BLOCK = 1000
+
+  def __init__(self, streams: list, weights: list[float], seed: int, names: list[str]):
+    self.streams, self.seed = streams, seed
+    self.counts = _apportion(weights, self.BLOCK)
+    if not all(self.counts):
+      raise ValueError(f'data.mixture weights {dict(zip(names, weights))}: the smallest share is less than one '
+                       f'training batch in {self.BLOCK}; raise it')
+    self._blocks, self._lock = {}, threading.Lock()
+
+  def block(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """(corpus i32[BLOCK], its batch number in its own stream i64[BLOCK]) of the steps of block b."""
+    with self._lock:
+      if b not in self._blocks:
+        if len(self._blocks) >= 2:  # the stream only moves forward
+          del self._blocks[min(self._blocks)]
+        rng = np.random.default_rng([self.seed % 2**63, b, len(self.streams)])
+        corpus = rng.permutation(np.repeat(np.arange(len(self.counts)), self.counts))
+        before = np.zeros(len(corpus), np.int64)  # steps of the same corpus earlier in the block
+        for c in range(len(self.counts)):
+          at = np.flatnonzero(corpus == c)
+          before[at] = np.arange(len(at))
+        counts = np.asarray(self.counts, np.int64)
+        self._blocks[b] = (corpus.astype(np.int32), b * counts[corpus] + before)
+      return self._blocks[b]
+
+  def __call__(self, step):
+    b, p = divmod(int(step), self.BLOCK)
+    corpus, number = self.block(b)
+    return self.streams[corpus[p]](number[p])
+
+
+def _apportion(weights: list[float], total: int) -> list[int]:
+  """Integers proportional to `weights` that sum to `total` (largest remainders)."""
+  exact = np.asarray(weights, np.float64) / np.sum(weights) * total
+  counts = np.floor(exact).astype(np.int64)
+  counts[np.argsort(-(exact - counts), kind='stable')[:total - counts.sum()]] += 1
+  return counts.tolist()
+
+
+def _shifted(plan: '_BatchPlan', offset: int):
+  """plan's batches with `index` moved by `offset` (a mixture corpus's first row in the split's rows)."""
+  if not offset:
+    return plan
+
+  def batch(step):
+    points, visible, index, length = plan(step)
+    return points, visible, index + np.int32(offset), length
+  return batch
+
+
+def _corpus_rows(caches) -> tuple[list, dict]:
+  """The rows of a split's corpora, one corpus after the other (a mixture's uids as 'corpus/uid'), and
+  {corpus: (start, stop)} of each corpus's rows ({} without data.mixture)."""
+  rows, ranges = [], {}
+  for source, cache in caches:
+    start = len(rows)
+    rows += [dataclasses.replace(r, uid=_uid(source.corpus, r.uid)) for r in cache.rows]
+    if source.corpus:
+      ranges[source.corpus] = (start, len(rows))
+  return rows, ranges
+
+
+def _point_shape(caches) -> tuple[int, int]:
+  """(K, C) of a split's caches, the same for every corpus (one keypoint preset reads each one's layout)."""
+  shapes = {(s.corpus, c.meta['num_points'], c.meta['num_coords']) for s, c in caches}
+  if len({shape[1:] for shape in shapes}) > 1:
+    raise ValueError(f'the corpora of data.mixture give poses of different shapes (corpus, K, C): {sorted(shapes)}')
+  return next(iter(shapes))[1:]
+
+
+def _train_split(config, tokenizer, caches, shard_index, num_shards) -> SplitData:
+  """caches: [(_Source, _Cache)] of the corpora (one without data.mixture)."""
   d, t = config.data, config.training
-  rows = cache.rows
+  rows, corpora = _corpus_rows(caches)
   table, lengths = _label_table(rows, tokenizer, d.max_target_length)
   batch = _per_host_batch(t.batch_size, num_shards, 'training.batch_size')
   bounds = _boundaries(config)
-  k, c = cache.meta['num_points'], cache.meta['num_coords']
+  k, c = _point_shape(caches)
   aug = d.get('augmentations', {}) if d.augment else {}
   mirror_perm = None
   if d.augment and aug.get('mirror', False):
@@ -553,13 +685,18 @@ def _train_split(config, tokenizer, cache: _Cache, shard_index, num_shards) -> S
     mirror_perm = kp_lib.mirror_permutation(names)
   # Hosts draw independent plans; the spatial augmentation of batch `step` is seeded by (seed, host, step).
   seed = int(t.seed) * 1_000_003 + shard_index
-  plan = _BatchPlan(_host_examples(cache, shard_index, num_shards), batch, bounds, seed,
-                    speed=aug.get('speed', 0.0), frame_dropout=aug.get('frame_dropout', 0.0))
-  logging.info('train (host %d): %d examples, %d batches of %d per epoch, frame shapes %s, %.1f%% padding '
-               'frames', shard_index, plan.num_examples, plan.batches_per_epoch, batch,
-               sorted(set(plan.epoch(0)['frames'].tolist())), 100 * plan.padding_fraction(0))
-
-  batch_fn = plan
+  streams, offset = [], 0
+  for i, (source, cache) in enumerate(caches):
+    plan = _BatchPlan(_host_examples(cache, shard_index, num_shards), batch, bounds, seed, stream=i,
+                      speed=aug.get('speed', 0.0), frame_dropout=aug.get('frame_dropout', 0.0))
+    logging.info('train%s (host %d): %d examples, %d batches of %d per epoch, frame shapes %s, %.1f%% padding '
+                 'frames%s', f' {source.corpus}' if source.corpus else '', shard_index, plan.num_examples,
+                 plan.batches_per_epoch, batch, sorted(set(plan.epoch(0)['frames'].tolist())),
+                 100 * plan.padding_fraction(0), f', weight {source.weight:g}' if source.corpus else '')
+    streams.append(_shifted(plan, offset))
+    offset += cache.meta['num_examples']
+  batch_fn = stream = streams[0] if len(streams) == 1 else _Mixture(
+      streams, [s.weight for s, _ in caches], seed, [s.corpus for s, _ in caches])
   if aug:
     spatial = functools.partial(
         augment.spatial_numpy, rotate=aug.get('rotate', 0.0), scale=aug.get('scale', 0.0),
@@ -567,7 +704,7 @@ def _train_split(config, tokenizer, cache: _Cache, shard_index, num_shards) -> S
 
     def batch_fn(step):
       """The plan's batch `step` augmented in place (its fresh arrays), seeded by (seed, step)."""
-      points, visible, index, length = plan(step)
+      points, visible, index, length = stream(step)
       points, visible = spatial(points, visible, (seed, int(step)))
       return points, visible, index, length
 
@@ -588,47 +725,69 @@ def _train_split(config, tokenizer, cache: _Cache, shard_index, num_shards) -> S
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)  # ordered: options.deterministic
     return ds.prefetch(2).with_options(_options())
 
-  return SplitData('train', rows, cache.meta['skipped'], batch, len(rows), None,
-                   pose_feature_shape(config) if d.keypoints else (k, c + _vis(config)), make)
+  return SplitData('train', rows, _skipped(caches), batch, len(rows), None,
+                   pose_feature_shape(config) if d.keypoints else (k, c + _vis(config)), make, corpora)
 
 
-def _eval_split(config, tokenizer, cache: _Cache, split, shard_index, num_shards) -> SplitData:
+def _skipped(caches) -> sources.SkipReport:
+  """The skipped rows of a split's corpora (a mixture's uids as 'corpus/uid')."""
+  return sources.merge_skips(*({reason: [_uid(s.corpus, u) for u in uids] for reason, uids in c.meta['skipped'].items()}
+                               for s, c in caches))
+
+
+def _eval_split(config, tokenizer, caches, split, shard_index, num_shards) -> SplitData:
+  """caches: [(_Source, _Cache)] of the corpora (one without data.mixture). A batch holds the rows of one corpus."""
   d = config.data
-  rows = cache.rows
+  rows, corpora = _corpus_rows(caches)
   table, lengths = _label_table(rows, tokenizer, d.max_target_length)
   batch = _per_host_batch(config.training.eval_batch_size, num_shards, 'training.eval_batch_size')
   bounds = _boundaries(config)
-  k, c = cache.meta['num_points'], cache.meta['num_coords']
-  n_host = len(range(shard_index, len(rows), num_shards))
-  num_batches = math.ceil(math.ceil(len(rows) / num_shards) / batch)
-  fillers = num_batches - math.ceil(n_host / batch)
+  k, c = _point_shape(caches)
+  # Per corpus: every host yields the batches of the host with the most rows (the first), the others fill up.
+  sizes = [cache.meta['num_examples'] for _, cache in caches]
+  per_corpus = [math.ceil(math.ceil(n / num_shards) / batch) for n in sizes]
+  fillers = [m - math.ceil(len(range(shard_index, n, num_shards)) / batch) for n, m in zip(sizes, per_corpus)]
+  num_batches = sum(per_corpus)
 
   def make(start_step: int = 0) -> tf.data.Dataset:
     del start_step
     table_t, lengths_t, bounds_t = tf.constant(table), tf.constant(lengths), tf.constant(bounds)
-    ds = _records(cache, shard_index, num_shards).map(_with_length)
-    ds = ds.padded_batch(batch, padding_values=_PADDING)
-
-    def pad(b):
-      n, t_max = tf.shape(b['index'])[0], tf.reduce_max(b['length'])
-      size = bounds_t[_bucket(t_max, bounds_t)]
-      rows_pad, frames_pad = batch - n, size - tf.shape(b['points'])[1]
-      return {'points': tf.pad(b['points'], [[0, rows_pad], [0, frames_pad], [0, 0], [0, 0]]),
-              'visible': tf.pad(b['visible'], [[0, rows_pad], [0, frames_pad], [0, 0]]),
-              'index': tf.pad(b['index'], [[0, rows_pad]], constant_values=-1),
-              'length': tf.pad(b['length'], [[0, rows_pad]])}
-
-    ds = ds.map(pad)
-    if fillers > 0:
-      filler = {'points': tf.zeros([batch, int(bounds[0]), k, c]),
-                'visible': tf.zeros([batch, int(bounds[0]), k], tf.bool),
-                'index': -tf.ones([batch], tf.int32), 'length': tf.zeros([batch], tf.int32)}
-      ds = ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat(fillers))
+    parts = [_eval_batches(cache, offset, n_fill, batch, bounds_t, bounds, shard_index, num_shards)
+             for (_, cache), offset, n_fill in zip(caches, np.cumsum([0] + sizes[:-1]).tolist(), fillers)]
+    ds = functools.reduce(lambda a, b: a.concatenate(b), parts)
     ds = ds.map(lambda b: _finish(b, table_t, lengths_t, config, tokenizer))
     return ds.prefetch(2).with_options(_options())
 
-  return SplitData(split, rows, cache.meta['skipped'], batch, len(rows), num_batches,
-                   pose_feature_shape(config) if d.keypoints else (k, c + _vis(config)), make)
+  return SplitData(split, rows, _skipped(caches), batch, len(rows), num_batches,
+                   pose_feature_shape(config) if d.keypoints else (k, c + _vis(config)), make, corpora)
+
+
+def _eval_batches(cache: _Cache, offset: int, fillers: int, batch: int, bounds_t, bounds, shard_index: int,
+                  num_shards: int) -> tf.data.Dataset:
+  """One corpus's eval batches (index moved by `offset`, its first row in the split), then `fillers` batches of
+  padding rows; the frame axis of each padded to the bucket boundary of its longest example."""
+  k, c = cache.meta['num_points'], cache.meta['num_coords']
+  ds = _records(cache, shard_index, num_shards).map(_with_length)
+  if offset:
+    ds = ds.map(lambda ex: {**ex, 'index': ex['index'] + offset})
+  ds = ds.padded_batch(batch, padding_values=_PADDING)
+
+  def pad(b):
+    n, t_max = tf.shape(b['index'])[0], tf.reduce_max(b['length'])
+    size = bounds_t[_bucket(t_max, bounds_t)]
+    rows_pad, frames_pad = batch - n, size - tf.shape(b['points'])[1]
+    return {'points': tf.pad(b['points'], [[0, rows_pad], [0, frames_pad], [0, 0], [0, 0]]),
+            'visible': tf.pad(b['visible'], [[0, rows_pad], [0, frames_pad], [0, 0]]),
+            'index': tf.pad(b['index'], [[0, rows_pad]], constant_values=-1),
+            'length': tf.pad(b['length'], [[0, rows_pad]])}
+
+  ds = ds.map(pad)
+  if fillers > 0:
+    filler = {'points': tf.zeros([batch, int(bounds[0]), k, c]),
+              'visible': tf.zeros([batch, int(bounds[0]), k], tf.bool),
+              'index': -tf.ones([batch], tf.int32), 'length': tf.zeros([batch], tf.int32)}
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(filler).repeat(fillers))
+  return ds
 
 
 def _vis(config) -> int:

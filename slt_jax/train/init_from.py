@@ -155,7 +155,8 @@ def _locate(workdir: str, step, parts, explicit: bool, model_name: str) -> dict:
   for p in missing:
     if p in via:
       continue
-    name = source.config.get('model', {}).get('name', '')
+    # What a frozen part held there: the backbone its model.name's weights (or a random init), adapters their init.
+    name = source.config.get('model', {}).get('name', '') if p == 'backbone' else ''
     if p in frozen and name and not _same_checkpoint(name, model_name):
       raise checkpoint_lib.CheckpointMismatchError(
           f'training.init_from: part {p!r} of {workdir} was not trained there (frozen) and came from its '

@@ -143,13 +143,23 @@ def evaluate_split(run: Run, split: str, params, step: int, writer=None, decode_
   uids, refs, hyps = decode_split(run, split, params, decode_fn)
   metrics = evaluate_lib.score_with_config(hyps, refs, run.config.evaluation)
   metrics['step'] = int(step)
+  corpora = run.splits[split].corpora  # data.mixture: each corpus's rows scored on their own too
+  if corpora:
+    assert len(hyps) == len(run.splits[split].rows), 'decode_split decodes every row, in row order'
+    metrics['corpora'] = {name: evaluate_lib.score_with_config(hyps[lo:hi], refs[lo:hi], run.config.evaluation)
+                          for name, (lo, hi) in corpora.items()}
   if jax.process_index() == 0:
     evaluate_lib.write_predictions(os.path.join(run.workdir, f'predictions_{split}.tsv'), uids, refs, hyps)
     evaluate_lib.update_metrics_json(run.workdir, split, metrics)
     logging.info('[%s @ step %d] BLEU %.2f  chrF %.2f  ROUGE-L %.2f  (%d examples)  %s', split, step,
                  metrics['bleu'], metrics['chrf'], metrics['rougeL'], len(hyps), metrics['bleu_signature'])
+    for name, m in metrics.get('corpora', {}).items():
+      logging.info('[%s/%s @ step %d] BLEU %.2f  chrF %.2f  ROUGE-L %.2f  (%d examples)', split, name, step,
+                   m['bleu'], m['chrf'], m['rougeL'], m['num_examples'])
     if writer is not None:
       writer.write_scalars(step, {f'{split}/{k}': v for k, v in metrics.items() if isinstance(v, float)})
+      for name, m in metrics.get('corpora', {}).items():
+        writer.write_scalars(step, {f'{split}/{name}/{k}': v for k, v in m.items() if isinstance(v, float)})
       writer.write_texts(step, {f'{split}/examples': evaluate_lib.examples_markdown(uids, refs, hyps)})
       visuals.write_eval_poses(writer, run, split, step, uids, refs, hyps)  # <split>/poses: what the model sees
   return metrics
