@@ -7,6 +7,7 @@ One tiny demo run (tests/tiny_demo.py, 3 steps) is the earlier run; the later ru
 import functools
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -30,7 +31,7 @@ STEPS = 3
 
 def _config(data_dir: str, **training):
   """The tiny demo on the corpus in data_dir (no generation), validated (which normalises the part lists)."""
-  c = tiny_demo.config(num_train_steps=STEPS, checkpoint_every_steps=STEPS, **training)
+  c = tiny_demo.config(**{'num_train_steps': STEPS, 'checkpoint_every_steps': STEPS, **training})
   c.evaluation.bootstrap_resamples = 0
   c.data.synthetic.enabled = False
   for split in ('train', 'val', 'test'):
@@ -126,7 +127,8 @@ def test_mismatched_part_is_an_error_naming_it_unless_left_out(source, tmp_path)
   with pytest.raises(checkpoint_lib.CheckpointMismatchError,
                      match=r"part 'pose_frontend' does not match.*frontend/proj/kernel is \[150, 32\] there but "
                            r"\[255, 32\] here.*\(training.init_parts=backbone\)"):
-    trainer.setup(c, str(tmp_path / 'a'))  # before any training step: setup checks every part
+    trainer.train_and_evaluate(c, str(tmp_path / 'a'))
+  assert not os.path.exists(tmp_path / 'a' / 'checkpoints') or not os.listdir(tmp_path / 'a' / 'checkpoints')
   c.training.init_parts = ('backbone',)
   run = trainer.setup(c, str(tmp_path / 'b'))
   state, _ = init_from.load(c, str(tmp_path / 'b'), run.state, run.rest, into='params')
@@ -136,8 +138,12 @@ def test_mismatched_part_is_an_error_naming_it_unless_left_out(source, tmp_path)
       np.testing.assert_array_equal(loaded[k], src[k], err_msg=k)
   c.training.init_parts = ('backbone',)
   c.model.arch.d_model = 48  # another width: the backbone itself differs
+  run = trainer.setup(c, str(tmp_path / 'c'))
   with pytest.raises(checkpoint_lib.CheckpointMismatchError, match=r"part 'backbone' does not match"):
-    trainer.setup(c, str(tmp_path / 'c'))
+    init_from.load(c, str(tmp_path / 'c'), run.state, run.rest, into='params')
+  c.training.freeze = ('backbone',)  # frozen, it is loaded (so checked) by setup itself, in every mode
+  with pytest.raises(checkpoint_lib.CheckpointMismatchError, match=r"part 'backbone' does not match"):
+    trainer.setup(c, str(tmp_path / 'd'))
 
 
 def test_frozen_parts_stay_bit_identical_over_steps(source, tmp_path):
@@ -211,6 +217,17 @@ def test_resumed_run_takes_its_trained_parts_from_its_own_checkpoint(frozen_run,
   results = trainer.train_and_evaluate(c, workdir)  # all STEPS done: resumes at STEPS, evaluates the best
   assert calls == ['rest']  # the frozen backbone from init_from; the front end from its own checkpoint
   assert results['test']['bleu'] == before['bleu'] and results['test']['step'] == before['step']
+
+
+def test_a_run_that_trained_every_part_evaluates_without_its_init_from(source, tmp_path):
+  """Nothing of it lives outside its checkpoints; its tokenizer was copied into its workdir."""
+  earlier = str(tmp_path / 'earlier')
+  shutil.copytree(source[0], earlier)
+  workdir = str(tmp_path / 'run')
+  c = _config(source[1], init_from=earlier, num_train_steps=1)
+  trained = trainer.train_and_evaluate(c, workdir)
+  shutil.rmtree(earlier)
+  assert trainer.evaluate(c, workdir, 'test')['bleu'] == pytest.approx(trained['test']['bleu'])
 
 
 def test_config_errors_and_part_lists():

@@ -220,8 +220,8 @@ def load(config, workdir: str, state, rest, into: str):
   """(state, rest) of the run in `workdir` with the parts of training.init_from loaded into the parameters that live
   in `into`: 'rest' (frozen / LoRA base: every mode needs them) or 'params' (the trained ones: a fresh training run).
 
-  Every requested part is checked against its source (CheckpointMismatchError naming the part) whichever `into`.
-  Float parameters stored in another dtype are cast (logged). No init_from: (state, rest) unchanged.
+  Each part loaded is checked against its source first (CheckpointMismatchError naming the part). Float parameters
+  stored in another dtype are cast (logged). No init_from, or no requested part in `into`: (state, rest) unchanged.
   """
   t = config.training
   if not t.get('init_from', ''):
@@ -233,6 +233,11 @@ def load(config, workdir: str, state, rest, into: str):
   present = [p for p in PARTS if any(part_of(k.split('/')) == p for k in targets)]
   explicit = part_names(t.get('init_parts', ()))
   requested = list(explicit) or present
+  # Only the parts that live in `into`: eval / translate of a run that trained every part never need init_from.
+  requested = [p for p in requested if any(part_of(k.split('/')) == p and where == into
+                                           for k, (where, _, _) in targets.items())]
+  if not requested:
+    return state, rest
   sources = _locate(t.init_from, t.get('init_step', -1), requested, bool(explicit), config.model.name)
   loaded = {'params': {}, 'rest': {}}
   for source in {id(s): s for s in sources.values() if s is not None}.values():
