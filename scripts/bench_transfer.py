@@ -1,6 +1,6 @@
 """Transfer from a first stage: fine-tuning after pretraining vs training from scratch on a small corpus.
 
-  .venv/bin/python scripts/bench_transfer.py                         # about 10-15 min on 2 cores
+  .venv/bin/python scripts/bench_transfer.py                         # 11.6 CPU-min; 17 min wall on a loaded 2-core CPU
   .venv/bin/python scripts/bench_transfer.py --workdir=runs/transfer --stage1_steps=800 --stage2_steps=300 --json
 
 stage 1    configs/demo.py on its corpus (synthetic seed 0: 4000 training sentences, 8 signers) for --stage1_steps.
