@@ -18,6 +18,7 @@ from flax import nnx
 
 from slt_jax import default_config
 from slt_jax.models import lora, slt
+from slt_jax.train import init_from as init_from_lib
 from slt_jax.train import optim
 from slt_jax.train import sharding as sharding_lib
 from slt_jax.train import step as step_lib
@@ -148,7 +149,7 @@ def memory_variants(config, batch_size: int, frames: int, variants=tuple(MEMORY_
     tx = optim.make_optimizer(cfg, 1000)
     build = lambda c=cfg: slt.build_model(c, vocab, int(np.prod(pose_shape)), rngs=nnx.Rngs(params=0))
     graphdef, state, rest, shardings = sharding_lib.create_sharded_state(
-        build, tx, mesh, seed=0, trainable=slt.trainable_filter(cfg), abstract=True)
+        build, tx, mesh, seed=0, trainable=init_from_lib.trainable_filter(cfg), abstract=True)
     plans[name] = memory_plan(cfg, graphdef, state, rest, shardings, tx, mesh, batch_size, frames,
                               int(cfg.data.max_target_length), pose_shape)
     plans[name]['trainable_params'] = _count(state.params)
@@ -164,7 +165,7 @@ def check(config, workdir: str, *, memory: bool = True) -> dict:
   tx = optim.make_optimizer(config, 1000)
   build = lambda: slt.build_model(config, vocab, int(np.prod(pose_shape)), rngs=nnx.Rngs(params=0))
   graphdef, state, rest, state_shardings = sharding_lib.create_sharded_state(
-      build, tx, mesh, seed=0, trainable=slt.trainable_filter(config), abstract=True)
+      build, tx, mesh, seed=0, trainable=init_from_lib.trainable_filter(config), abstract=True)
 
   abstract_model = nnx.eval_shape(build)
   family = getattr(abstract_model, 'family', config.model.family)

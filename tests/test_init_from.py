@@ -257,6 +257,15 @@ def test_freezing_a_part_the_model_lacks_or_everything_is_an_error(source, tmp_p
     trainer.setup(c, str(tmp_path / 'b'))
 
 
+def test_check_mode_counts_only_the_unfrozen_parameters_as_trained(tmp_path):
+  from slt_jax import check  # pylint: disable=g-import-not-at-top
+  c = tiny_demo.config()
+  c.training.freeze = ('backbone',)
+  default_config.validate(c, require_data=False)
+  report = check.check(c, str(tmp_path), memory=False)
+  assert report['trainable_params'] == report['total_params'] - report['backbone_params'] > 0
+
+
 @pytest.mark.parametrize('family', ['t5', 'llama'])
 def test_every_parameter_has_a_part_and_freeze_removes_it_from_training(family):
   """Built abstractly with LoRA: each parameter path maps to a part; freeze drops exactly that part from the
