@@ -9,6 +9,7 @@ import json
 import os
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config():
@@ -147,7 +148,9 @@ def get_config():
   config.training.max_grad_norm = 1.0
   config.training.gradient_accumulation_steps = 1
   config.training.label_smoothing = 0.1
-  config.training.mixed_precision = 'no'  # 'bf16' computes in bfloat16 with float32 master weights.
+  # 'bf16' computes in bfloat16 with float32 master weights | 'no' (float32). True / False (the seed's YAML
+  # `mixed_precision: true`) mean 'bf16' / 'no'; validate() normalises them. fp16 is refused (no loss scaling).
+  config.training.mixed_precision = config_dict.FieldReference('no', field_type=object)
   config.training.log_every_steps = 50
   config.training.eval_every_steps = 500
   config.training.checkpoint_every_steps = 500
@@ -252,6 +255,8 @@ def _check_fields(config, reference, prefix=''):
     if key not in reference:
       raise ConfigError(f'unknown config field `{path}` (known fields here: {", ".join(sorted(reference.keys()))})')
     value, ref = config[key], reference[key]
+    if not isinstance(ref, ml_collections.ConfigDict) and reference.get_ref(key).get_type() is object:
+      continue  # a field of several kinds (training.mixed_precision): validate() checks its values
     if isinstance(ref, ml_collections.ConfigDict):
       if not isinstance(value, ml_collections.ConfigDict):
         raise ConfigError(f'config field `{path}` must be a group of fields, got {value!r}')
@@ -292,8 +297,13 @@ def validate(config, require_data: bool = True) -> None:
       raise ConfigError(f'model.{field} must be one of {allowed}, got {m[field]!r}')
   if m.padding_free < 0:
     raise ConfigError(f'model.padding_free must be 0 (off) or a positive multiple, got {m.padding_free}')
-  if t.mixed_precision not in ('no', 'bf16', 'fp16'):
-    raise ConfigError(f"training.mixed_precision must be 'no' or 'bf16', got {t.mixed_precision!r}")
+  if isinstance(t.mixed_precision, bool):  # the seed's `mixed_precision: true`
+    t.mixed_precision = 'bf16' if t.mixed_precision else 'no'
+  if t.mixed_precision == 'fp16':
+    raise ConfigError("training.mixed_precision='fp16' is not supported (float16 needs loss scaling, which "
+                      "slt_jax does not do): use 'bf16' (same memory, float32's range) or 'no'")
+  if t.mixed_precision not in ('no', 'bf16'):
+    raise ConfigError(f"training.mixed_precision must be 'no', 'bf16', True or False, got {t.mixed_precision!r}")
   if t.dropout_rng not in ('auto', 'threefry', 'rbg'):
     raise ConfigError(f"training.dropout_rng must be 'auto', 'threefry' or 'rbg', got {t.dropout_rng!r}")
   if t.host_malloc not in ('auto', 'on', 'off'):
@@ -313,6 +323,13 @@ def validate(config, require_data: bool = True) -> None:
     raise ConfigError(f"data.source must be 'csv' or 'tfds', got {d.source!r}")
   if d.source == 'tfds' and d.synthetic.enabled:
     raise ConfigError("data.synthetic.enabled generates CSV files: it needs data.source='csv'")
+  given = {f: d[f] for f in _SYNTHETIC_PATHS if d[f]}
+  if d.synthetic.enabled and given:  # the demo corpus would replace them: never silently
+    flags = ' '.join(f'--config.data.{f}={v}' for f, v in given.items())
+    raise ConfigError(
+        f'data.synthetic.enabled=True (configs/demo.py) generates the demo corpus into WORKDIR/data and points '
+        f'data.{"/".join(_SYNTHETIC_PATHS)} at it, which would replace the paths you gave ({flags}). To use '
+        'your data, add --config.data.synthetic.enabled=False; to train on the demo corpus, drop those paths.')
   _check_data_shapes(d)
   _validate_mixture(d)
   if t.best_metric not in _BEST_METRICS:
@@ -437,6 +454,7 @@ def _check_arch(m) -> None:
 
 
 _MESH_AXES = ('data', 'fsdp', 'tensor')
+_SYNTHETIC_PATHS = ('train_path', 'val_path', 'test_path', 'pose_dir')  # what data.synthetic fills in
 _SEQ2SEQ_FAMILIES = ('t5', 'mt5', 'bart', 'mbart')  # built from `arch` they take the tokenizer's vocabulary
 
 
