@@ -1,6 +1,6 @@
 """Autoregressive decoding over the models' incremental interface, jitted with `lax.while_loop`.
 
-A model exposes `start_decode(poses, pose_mask, max_new_tokens) -> (logits f32[B, V], state)` and
+A model (slt_jax.models.contract.DecodingModel) exposes `start_decode(poses, pose_mask, max_new_tokens) -> (logits f32[B, V], state)` and
 `decode_step(state, tokens i32[B]) -> (logits, state)`; the state's leaves are batch-first (beam search
 repeats and gathers them along axis 0), plus `eos_id`, `pad_id`, `vocab_size`. No tensorflow here.
 
@@ -36,7 +36,7 @@ def generate(model, poses, pose_mask, decode_config, rng: Optional[jax.Array] = 
   """Decodes with config.decode: greedy, sampling, beam search or beam sampling.
 
   Args:
-    model: follows the model contract (start_decode / decode_step / eos_id / pad_id).
+    model: a contract.DecodingModel (start_decode / decode_step / eos_id / pad_id / forced_eos).
     poses: f32[B, T, K, C] (or i32[B, S] input_ids for the Text* adapters); pose_mask: bool[B, T].
     decode_config: config.decode (max_new_tokens, num_beams, length_penalty, early_stopping, do_sample,
       temperature, top_k, top_p); missing fields take their defaults.
@@ -151,7 +151,7 @@ def greedy(model, poses, pose_mask, max_new_tokens: int):
   """Greedy decoding (HF `generate(do_sample=False, num_beams=1)`).
 
   Args:
-    model: an SLT model (see the model contract).
+    model: a contract.DecodingModel (an SLT model, or a Text* adapter below).
     poses: f32[B, T, K, C]; pose_mask: bool[B, T].
     max_new_tokens: tokens generated at most (EOS and forced prefix tokens included, as HF counts).
   Returns:
@@ -348,6 +348,8 @@ class TextCausal(nnx.Module):
   The prompt may be padded anywhere (left padding as HF's generate expects): padding is masked and skipped
   by the positions. eos_id / pad_id: default the config's (first EOS when it lists several).
   """
+
+  forced_eos = False  # contract.DecodingModel: a decoder-only LM has no forced EOS
 
   def __init__(self, lm: nnx.Module, eos_id: Optional[int] = None, pad_id: Optional[int] = None):
     cfg = lm.config

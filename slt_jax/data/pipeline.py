@@ -23,20 +23,27 @@ How: each split is preprocessed once (pose_io in Python) into TFRecord shards un
 the pose options (a changed CSV or option builds a new cache; rewriting .pose files in place does not:
 delete the folder); with `data.source='tfds'` (tfds_source.py) by the builder, its config, version,
 split and feature keys instead of the CSV.
-Train (exact resume: batch k is a pure function of (training.seed, host, k), so a
-run resumed at step k sees the batches k, k+1, ... of an uninterrupted run, at a cost independent of
-k): the host's examples are held in memory (memory-mapped when large); a numpy batch plan per epoch
+Train (exact resume: global batch k is a pure function of (training.seed, k), host h taking its rows
+[h * B, (h + 1) * B), so a run resumed at step k, on any number of hosts, sees the batches k, k+1, ... of an
+uninterrupted run, at a cost independent of k): every host holds the split's examples in memory (memory-mapped
+above data.max_in_memory_gb); a numpy batch plan per epoch
 (seeded permutation, speed/frame-dropout draws, length sorting within pools of batches, shuffled
 batch order; see _BatchPlan) says which frames of which examples batch k holds; tf.data maps the steps
 k, k+1, ... to those padded batches (frame axis padded to the bucket boundary of the batch's longest
-example, so few shapes ever reach jit), applies the spatial augmentation seeded by (seed, host, step),
-adds labels, prefetches; infinite. Eval = same shards, fixed order, no augmentation, frame axis padded
-to the bucket boundary of the batch's longest example, last batch filled to B with example_mask False;
+example, so few shapes ever reach jit), applies the spatial augmentation seeded by (seed, step, row of the
+global batch), adds labels, prefetches; infinite. Eval = same shards, fixed order, no augmentation, frame axis
+padded to the bucket boundary of the batch's longest example, last batch filled to B with example_mask False;
 every host yields the same number of batches.
 Per-host split: `shard_index, num_shards` (default jax.process_index() / process_count()); host h
-reads rows h, h + n, h + 2n, ... of each split.
+reads rows h, h + n, h + 2n, ... of each eval split (training: its rows of each global batch, above).
+
+Preprocessing in bounded memory (_write_cache): a split's rows are read in chunks by `data.num_workers` worker
+processes (sources.read_chunks), then streamed into the shards; a killed build resumes from its finished chunks
+and shards (WORKDIR/cache/<split>-<key>.partial).
 """
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import json
@@ -55,11 +62,11 @@ from slt_jax.data import augment
 from slt_jax.data import keypoints as kp_lib
 from slt_jax.data import pose_io
 from slt_jax.data import sources
+from slt_jax.models import contract
 
 SPLITS = ('train', 'val', 'test')
-DEVICE_KEYS = ('poses', 'pose_mask', 'labels', 'label_mask', 'example_mask', 'index')
+DEVICE_KEYS = contract.DEVICE_KEYS  # the batch layout of the module docstring (slt_jax.models.contract.Batch)
 _SHARD_BYTES = 256 << 20     # target size of one TFRecord shard
-_CACHE_IN_MEMORY = 2 << 30   # keep a host's split in RAM (tf.data cache) below this many bytes
 
 
 def _configure_tf():
@@ -167,7 +174,7 @@ class _Source:
   where: str                    # for messages
   meta: dict                    # stored in the cache's meta.json (csv_path + pose_dir, or tfds)
   options: pose_io.PoseOptions
-  load: Callable[[], tuple]     # () -> (rows, arrays, skipped) as sources.load_split
+  load: Callable[[str], object]  # (working folder) -> the split's examples: a sources.ChunkedSplit or _InMemory
   corpus: str = ''              # its data.mixture name ('' without a mixture)
   weight: float = 1.0           # data.mixture: its weight in the training batches
 
@@ -224,7 +231,7 @@ def _data_sources(d, splits=None) -> dict[str, _Source]:
     src = tfds_source.TfdsSource(d.tfds)
     return {s: _Source(key=src.cache_key(s, options), where=src.describe(s),
                        meta={'tfds': {'name': d.tfds.name, 'split': src.split_spec(s)}}, options=options,
-                       load=functools.partial(src.load_split, s, options))
+                       load=lambda folder, s=s: _InMemory(*src.load_split(s, options)))
             for s in wanted if src.split_spec(s)}
   if source != 'csv':
     raise ValueError(f"data.source must be 'csv' or 'tfds', got {source!r}")
@@ -236,8 +243,8 @@ def _data_sources(d, splits=None) -> dict[str, _Source]:
       out[s] = _Source(
           key=_cache_key(path, d.pose_dir, options, text_column), where=f'{path} (pose_dir {d.pose_dir})',
           meta={'csv_path': os.path.abspath(path), 'pose_dir': os.path.abspath(d.pose_dir)}, options=options,
-          load=functools.partial(sources.load_split, path, d.pose_dir, options, text_column=text_column,
-                                 num_workers=d.get('num_workers', 1), split=s))
+          load=functools.partial(sources.load_split_chunked, path, d.pose_dir, options, text_column=text_column,
+                                 num_workers=d.get('num_workers', -1), split=s))
   return out
 
 
@@ -303,44 +310,110 @@ def _cache_key(csv_path, pose_dir, options: pose_io.PoseOptions, text_column) ->
 
 
 def _build_cache(split, source: _Source, cache_root) -> _Cache:
+  """The cache of a split's source: found, or built (resuming a killed build) by one process at a time."""
   path = os.path.join(cache_root, f'{split}-{source.key}')
-  meta_path = os.path.join(path, 'meta.json')
-  if os.path.exists(meta_path):
-    with open(meta_path) as f:
-      logging.info('%s: using cached examples in %s', split, path)
-      return _Cache(path, json.load(f))
+  cache = _found_cache(path)
+  if cache:
+    logging.info('%s: using cached examples in %s', split, path)
+    return cache
+  os.makedirs(cache_root, exist_ok=True)
+  with _lock(os.path.join(cache_root, f'.{split}-{source.key}.lock')):
+    cache = _found_cache(path)  # (built by another process while this one waited)
+    if cache:
+      logging.info('%s: using cached examples in %s (built by another process)', split, path)
+      return cache
+    return _write_cache(split, source, path)
 
-  rows, arrays, skipped = source.load()
+
+def _found_cache(path: str) -> '_Cache | None':
+  try:
+    with open(os.path.join(path, 'meta.json')) as f:
+      return _Cache(path, json.load(f))
+  except FileNotFoundError:
+    return None
+
+
+@contextlib.contextmanager
+def _lock(path: str):
+  """An exclusive lock on `path` (flock: released when the holder dies); none where the file system has none."""
+  with open(path, 'a') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX)
+    except OSError:  # (some network file systems)
+      logging.warning('cannot lock %s: builds of this cache by several processes at once may collide', path)
+    yield
+
+
+def _write_cache(split, source: _Source, path: str) -> _Cache:
+  """Builds a split's cache in `path`.partial, in bounded memory, then renames it to `path`.
+
+  The examples are read in chunks (sources.read_chunks, in worker processes), then streamed into the TFRecord
+  shards (one chunk in memory at a time). A killed build leaves `path`.partial: the next one keeps its finished
+  chunk and shard files (each complete once present: written under a temporary name, then renamed) and does the
+  rest. The files are those the whole split read into memory at once gives (the same shard layout: it needs the
+  total bytes, known once every chunk is read).
+  """
+  partial = f'{path}.partial'
+  os.makedirs(partial, exist_ok=True)
+  meta_path = os.path.join(partial, 'meta.json')
+  if os.path.exists(meta_path):  # killed just before the rename: complete
+    os.rename(partial, path)
+    return _found_cache(path)
+  examples = source.load(partial)
+  rows, skipped = examples.rows, examples.skipped
   if not rows:
     raise sources.NoUsableRowsError(f'{split}: no usable rows in {source.where}; skipped: '
                                     f'{ {k: len(v) for k, v in skipped.items() if v} }')
-  # Write into a private folder, then rename: concurrent hosts never see a half-written cache.
-  tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
-  os.makedirs(tmp)
-  total = sum(a.points.nbytes + a.visible.nbytes for a in arrays)
+  total = int(np.sum(examples.nbytes))
   num_files = max(1, math.ceil(total / _SHARD_BYTES))
-  per_file = math.ceil(len(arrays) / num_files)
+  per_file = math.ceil(len(rows) / num_files)
   files = [f'data-{i:05d}-of-{num_files:05d}.tfrecord' for i in range(num_files)]
   for i, name in enumerate(files):
-    with tf.io.TFRecordWriter(os.path.join(tmp, name)) as writer:
-      for index in range(i * per_file, min(len(arrays), (i + 1) * per_file)):
-        writer.write(_serialize(index, arrays[index]))
-  k, c = arrays[0].points.shape[1:]
+    _write_shard(os.path.join(partial, name), i * per_file, examples.examples(i * per_file, (i + 1) * per_file))
   meta = {'split': split, **source.meta, 'options': dataclasses.asdict(source.options),
-          'num_examples': len(rows), 'num_points': int(k), 'num_coords': int(c),
-          'lengths': [int(a.points.shape[0]) for a in arrays], 'bytes': int(total), 'files': files,
+          'num_examples': len(rows), 'num_points': int(examples.num_points), 'num_coords': int(examples.num_coords),
+          'lengths': [int(n) for n in examples.lengths], 'bytes': total, 'files': files,
           'rows': [{'uid': r.uid, 'text': r.text, 'extra': r.extra} for r in rows],
           'skipped': skipped}
-  with open(os.path.join(tmp, 'meta.json'), 'w') as f:
+  with open(meta_path + '.tmp', 'w') as f:
     json.dump(meta, f, ensure_ascii=False)
-  try:
-    os.rename(tmp, path)
-  except OSError:  # another process won the race: use its copy
-    shutil.rmtree(tmp, ignore_errors=True)
+  examples.remove()  # (the chunk files: the shards hold the examples now)
+  os.replace(meta_path + '.tmp', meta_path)
+  if os.path.exists(path):  # a folder without meta.json (an older build's leftovers): never used
+    shutil.rmtree(path)
+  os.rename(partial, path)
   return _Cache(path, meta)
 
 
-def _serialize(index: int, a: pose_io.PoseArrays) -> bytes:
+def _write_shard(path: str, first_index: int, examples) -> None:
+  """One TFRecord shard of the examples first_index, first_index + 1, ...; kept if a killed build finished it."""
+  if os.path.exists(path):
+    return
+  tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
+  with tf.io.TFRecordWriter(tmp) as writer:
+    for index, (points, visible) in enumerate(examples, first_index):
+      writer.write(_serialize(index, points, visible))
+  os.replace(tmp, path)
+
+
+class _InMemory:
+  """A split read into memory ((rows, arrays, skipped) as sources.load_split), as a sources.ChunkedSplit."""
+
+  def __init__(self, rows, arrays, skipped):
+    self.rows, self.skipped, self._arrays = rows, skipped, arrays
+    self.lengths = np.asarray([a.points.shape[0] for a in arrays], np.int64)
+    self.nbytes = np.asarray([a.points.nbytes + a.visible.nbytes for a in arrays], np.int64)
+    self.num_points, self.num_coords = arrays[0].points.shape[1:] if arrays else (0, 0)
+
+  def examples(self, start: int, stop: int):
+    return ((a.points, a.visible) for a in self._arrays[start:stop])
+
+  def remove(self):
+    pass
+
+
+def _serialize(index: int, points: np.ndarray, visible: np.ndarray) -> bytes:
+  """One example: points f32[T, K, C], visible bool[T, K]."""
   def b(x):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[x.tobytes()]))
 
@@ -348,17 +421,18 @@ def _serialize(index: int, a: pose_io.PoseArrays) -> bytes:
     return tf.train.Feature(int64_list=tf.train.Int64List(value=[x]))
 
   return tf.train.Example(features=tf.train.Features(feature={
-      'index': i(index), 'length': i(a.points.shape[0]),
-      'points': b(np.ascontiguousarray(a.points, np.float32)),
-      'visible': b(np.ascontiguousarray(a.visible, np.uint8))})).SerializeToString()
+      'index': i(index), 'length': i(points.shape[0]),
+      'points': b(np.ascontiguousarray(points, np.float32)),
+      'visible': b(np.ascontiguousarray(visible, np.uint8))})).SerializeToString()
 
 
 _RECORD_SPEC = {'index': tf.io.FixedLenFeature([], tf.int64), 'length': tf.io.FixedLenFeature([], tf.int64),
                 'points': tf.io.FixedLenFeature([], tf.string), 'visible': tf.io.FixedLenFeature([], tf.string)}
 
 
-def _records(cache: _Cache, shard_index: int, num_shards: int) -> tf.data.Dataset:
-  """This host's examples as {points f32[T, K, C], visible bool[T, K], index i32}, in row order."""
+def _records(cache: _Cache, shard_index: int, num_shards: int, max_in_memory: float) -> tf.data.Dataset:
+  """This host's examples as {points f32[T, K, C], visible bool[T, K], index i32}, in row order; held in memory
+  (tf.data cache) after the first pass when they take less than `max_in_memory` bytes."""
   k, c = cache.meta['num_points'], cache.meta['num_coords']
 
   def parse(record):
@@ -372,7 +446,7 @@ def _records(cache: _Cache, shard_index: int, num_shards: int) -> tf.data.Datase
   if num_shards > 1:
     ds = ds.shard(num_shards, shard_index)
   ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-  if cache.meta['bytes'] / num_shards < _CACHE_IN_MEMORY:
+  if cache.meta['bytes'] / num_shards < max_in_memory:
     ds = ds.cache()
   return ds
 
@@ -442,7 +516,7 @@ def _per_host_batch(global_batch: int, num_shards: int, what: str) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
-# Train: a host-side batch plan (numpy) -> tf.data. Batch k is a pure function of (seed, host, k).
+# Train: a host-side batch plan (numpy) -> tf.data. Global batch k is a pure function of (seed, k).
 # ------------------------------------------------------------------------------------------------
 _SORT_POOL = 64            # batches per length-sorting pool (more: less padding, less varied batches)
 _FOREVER = 2 ** 62
@@ -461,11 +535,11 @@ class _HostExamples:
     return np.diff(self.offsets)
 
 
-def _host_examples(cache: _Cache, shard_index: int, num_shards: int) -> _HostExamples:
-  """Reads this host's rows (shard_index, shard_index + num_shards, ...) of the cache into memory.
+def _host_examples(cache: _Cache, shard_index: int, num_shards: int, max_in_memory: float) -> _HostExamples:
+  """Reads the rows shard_index, shard_index + num_shards, ... of the cache into memory (training: all of them).
 
-  A host share above _CACHE_IN_MEMORY goes to .npy files next to the cache (written once) and is
-  memory-mapped instead, so a large corpus costs page cache rather than process memory.
+  A share of `max_in_memory` bytes or more (data.max_in_memory_gb; 0: always) goes to .npy files next to the
+  cache (written once) and is memory-mapped instead, so a large corpus costs page cache rather than process memory.
   """
   k, c = cache.meta['num_points'], cache.meta['num_coords']
   index = np.arange(shard_index, cache.meta['num_examples'], num_shards, dtype=np.int32)
@@ -473,7 +547,7 @@ def _host_examples(cache: _Cache, shard_index: int, num_shards: int) -> _HostExa
   offsets = np.concatenate([[0], np.cumsum(lengths)])
   shape = (int(offsets[-1]) + 1, k, c)  # + the padding frame
   prefix = os.path.join(cache.path, f'train-host{shard_index:05d}-of-{num_shards:05d}')
-  mapped = cache.meta['bytes'] / num_shards >= _CACHE_IN_MEMORY
+  mapped = cache.meta['bytes'] / num_shards >= max_in_memory
   if mapped and os.path.exists(prefix + '.points.npy'):
     points = np.load(prefix + '.points.npy', mmap_mode='r')
     if points.shape == shape:  # (else written by an older layout: write it again)
@@ -500,14 +574,15 @@ def _host_examples(cache: _Cache, shard_index: int, num_shards: int) -> _HostExa
     del points, visible
     os.replace(tmp + '.visible.npy', prefix + '.visible.npy')
     os.replace(tmp + '.points.npy', prefix + '.points.npy')  # last: its presence marks a complete pair
-    return _host_examples(cache, shard_index, num_shards)
+    return _host_examples(cache, shard_index, num_shards, max_in_memory)
   return _HostExamples(points, visible, offsets, index)
 
 
 class _BatchPlan:
-  """This host's infinite training stream as a plan: batch k = f(seed, host, k), computed in O(epoch).
+  """The infinite training stream as a plan: global batch k = f(seed, k), computed in O(epoch); a host gathers
+  its rows `slots` of each.
 
-  Epoch e (rng seeded by (seed, host, e)): a permutation of the host's examples, each with a random
+  Epoch e (rng seeded by (seed, e)): a permutation of the split's examples, each with a random
   speed factor (-> frame count T') and frame-dropout mask; within pools of _SORT_POOL batches the
   examples are sorted by their final length and cut into batches (little padding), then the order
   of the epoch's batches is shuffled. A batch's frame axis is padded to the bucket boundary of its
@@ -516,8 +591,10 @@ class _BatchPlan:
   """
 
   def __init__(self, examples: _HostExamples, batch: int, bounds: np.ndarray, seed: int, *,
-               speed: float = 0.0, frame_dropout: float = 0.0, pool: int = _SORT_POOL, stream: int = 0):
+               speed: float = 0.0, frame_dropout: float = 0.0, pool: int = _SORT_POOL, stream: int = 0,
+               slots: tuple[int, int] | None = None):
     self.examples, self.batch, self.bounds, self.seed = examples, batch, bounds, seed
+    self.slots = slots or (0, batch)  # the rows of each batch that __call__ gathers (this host's share)
     self.stream = stream  # data.mixture: the corpus's number (0: the first, or the only one)
     self.speed, self.frame_dropout, self.pool = speed, frame_dropout, pool
     self.num_examples = len(examples.index)
@@ -566,25 +643,29 @@ class _BatchPlan:
     return 1.0 - float(p['out_len'].sum()) / float((p['frames'] * self.batch).sum())
 
   def __call__(self, step) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Batch `step`: points f32[B, T, K, C], visible bool[B, T, K], index i32[B], length i32[B]."""
+    """Rows `slots` of batch `step`: points f32[b, T, K, C], visible bool[b, T, K], index i32[b], length i32[b]
+    (b = slots[1] - slots[0]; T: the whole batch's bucket, the same on every host)."""
     e, j = divmod(int(step), self.batches_per_epoch)
     p = self.epoch(e)
     ex = self.examples
-    src, new, out = p['src_len'][j], p['new_len'][j], p['out_len'][j]  # [B] each
+    rows = slice(*self.slots)
+    b = self.slots[1] - self.slots[0]
+    src, new, out = p['src_len'][j, rows], p['new_len'][j, rows], p['out_len'][j, rows]  # [b] each
+    example_ids = p['example'][j, rows]
     frames = int(p['frames'][j])
     # Resampled frame f of example i shows its source frame floor((f + 0.5) * T_i / T'_i) (as
     # augment.resample_frames): uniform, no repeats at speed 1. All B examples at once, as flat [sum T'].
-    example = np.repeat(np.arange(self.batch), new)
+    example = np.repeat(np.arange(b), new)
     f = np.arange(len(example)) - np.repeat(np.cumsum(new) - new, new)
     source = np.minimum(((f + 0.5) * np.repeat(src, new) / np.repeat(new, new)).astype(np.int64),
                         np.repeat(src - 1, new))
-    kept = p['keep'][np.repeat(p['keep_start'][j], new) + f]  # then the frame-dropout mask
+    kept = p['keep'][np.repeat(p['keep_start'][j, rows], new) + f]  # then the frame-dropout mask
     example, source = example[kept], source[kept]
     slot = np.arange(len(example)) - np.repeat(np.cumsum(out) - out, out)  # output frame within example
     # One gather per array: slots past an example's length read the all-zero padding frame.
-    rows = np.full((self.batch, frames), len(ex.points) - 1, np.int64)
-    rows[example, slot] = ex.offsets[p['example'][j]][example] + source
-    return (ex.points.take(rows, axis=0), ex.visible.take(rows, axis=0), ex.index[p['example'][j]],
+    frame = np.full((b, frames), len(ex.points) - 1, np.int64)
+    frame[example, slot] = ex.offsets[example_ids][example] + source
+    return (ex.points.take(frame, axis=0), ex.visible.take(frame, axis=0), ex.index[example_ids],
             out.astype(np.int32))
 
 
@@ -683,16 +764,22 @@ def _train_split(config, tokenizer, caches, shard_index, num_shards) -> SplitDat
     if names is None:
       raise ValueError('augmentations.mirror needs a keypoint preset (data.keypoints)')
     mirror_perm = kp_lib.mirror_permutation(names)
-  # Hosts draw independent plans; the spatial augmentation of batch `step` is seeded by (seed, host, step).
-  seed = int(t.seed) * 1_000_003 + shard_index
+  # One global plan, whatever the number of hosts: global batch `step` is a function of (seed, step) alone and
+  # host h takes its rows [h * batch, (h + 1) * batch), so a run resumed on another number of hosts sees the same
+  # data. Every host holds every training example (memory-mapped above data.max_in_memory_gb); the spatial
+  # augmentation of each row is seeded by (seed, step, row of the global batch).
+  seed = int(t.seed) * 1_000_003
+  slots = (shard_index * batch, (shard_index + 1) * batch)
+  max_in_memory = float(d.get('max_in_memory_gb', 2.0)) * 2**30
   streams, offset = [], 0
   for i, (source, cache) in enumerate(caches):
-    plan = _BatchPlan(_host_examples(cache, shard_index, num_shards), batch, bounds, seed, stream=i,
-                      speed=aug.get('speed', 0.0), frame_dropout=aug.get('frame_dropout', 0.0))
-    logging.info('train%s (host %d): %d examples, %d batches of %d per epoch, frame shapes %s, %.1f%% padding '
-                 'frames%s', f' {source.corpus}' if source.corpus else '', shard_index, plan.num_examples,
-                 plan.batches_per_epoch, batch, sorted(set(plan.epoch(0)['frames'].tolist())),
-                 100 * plan.padding_fraction(0), f', weight {source.weight:g}' if source.corpus else '')
+    plan = _BatchPlan(_host_examples(cache, 0, 1, max_in_memory), t.batch_size, bounds, seed, stream=i,
+                      speed=aug.get('speed', 0.0), frame_dropout=aug.get('frame_dropout', 0.0), slots=slots)
+    logging.info('train%s (host %d): %d examples, %d batches of %d per epoch (this host: rows %d-%d of each), '
+                 'frame shapes %s, %.1f%% padding frames%s', f' {source.corpus}' if source.corpus else '',
+                 shard_index, plan.num_examples, plan.batches_per_epoch, t.batch_size, slots[0], slots[1] - 1,
+                 sorted(set(plan.epoch(0)['frames'].tolist())), 100 * plan.padding_fraction(0),
+                 f', weight {source.weight:g}' if source.corpus else '')
     streams.append(_shifted(plan, offset))
     offset += cache.meta['num_examples']
   batch_fn = stream = streams[0] if len(streams) == 1 else _Mixture(
@@ -703,9 +790,12 @@ def _train_split(config, tokenizer, caches, shard_index, num_shards) -> SplitDat
         shear=aug.get('shear', 0.0), noise=aug.get('noise', 0.0), mirror_perm=mirror_perm, inplace=True)
 
     def batch_fn(step):
-      """The plan's batch `step` augmented in place (its fresh arrays), seeded by (seed, step)."""
+      """The plan's batch `step` augmented in place (its fresh arrays), each row seeded by (seed, step, its row
+      in the global batch): the same augmentation whichever host holds the row."""
       points, visible, index, length = stream(step)
-      points, visible = spatial(points, visible, (seed, int(step)))
+      for i in range(len(points)):
+        points[i:i + 1], visible[i:i + 1] = spatial(points[i:i + 1], visible[i:i + 1],
+                                                    (seed, int(step), slots[0] + i))
       return points, visible, index, length
 
   def make(start_step: int) -> tf.data.Dataset:
@@ -752,7 +842,8 @@ def _eval_split(config, tokenizer, caches, split, shard_index, num_shards) -> Sp
   def make(start_step: int = 0) -> tf.data.Dataset:
     del start_step
     table_t, lengths_t, bounds_t = tf.constant(table), tf.constant(lengths), tf.constant(bounds)
-    parts = [_eval_batches(cache, offset, n_fill, batch, bounds_t, bounds, shard_index, num_shards)
+    parts = [_eval_batches(cache, offset, n_fill, batch, bounds_t, bounds, shard_index, num_shards,
+                           float(d.get('max_in_memory_gb', 2.0)) * 2**30)
              for (_, cache), offset, n_fill in zip(caches, np.cumsum([0] + sizes[:-1]).tolist(), fillers)]
     ds = functools.reduce(lambda a, b: a.concatenate(b), parts)
     ds = ds.map(lambda b: _finish(b, table_t, lengths_t, config, tokenizer))
@@ -763,11 +854,11 @@ def _eval_split(config, tokenizer, caches, split, shard_index, num_shards) -> Sp
 
 
 def _eval_batches(cache: _Cache, offset: int, fillers: int, batch: int, bounds_t, bounds, shard_index: int,
-                  num_shards: int) -> tf.data.Dataset:
+                  num_shards: int, max_in_memory: float) -> tf.data.Dataset:
   """One corpus's eval batches (index moved by `offset`, its first row in the split), then `fillers` batches of
   padding rows; the frame axis of each padded to the bucket boundary of its longest example."""
   k, c = cache.meta['num_points'], cache.meta['num_coords']
-  ds = _records(cache, shard_index, num_shards).map(_with_length)
+  ds = _records(cache, shard_index, num_shards, max_in_memory).map(_with_length)
   if offset:
     ds = ds.map(lambda ex: {**ex, 'index': ex['index'] + offset})
   ds = ds.padded_batch(batch, padding_values=_PADDING)

@@ -34,6 +34,7 @@ from flax import nnx
 from slt_jax.models import decoder, hf, lora
 from slt_jax.models import layers as L
 from slt_jax.models.pose_frontend import PoseFrontEnd
+from slt_jax.models.token_rows import TokenCounts, TokenRows
 
 FAMILIES = decoder.MODEL_TYPES
 _POSES = '<|slt_poses|>'  # placeholder where the poses go when rendering a chat template
@@ -88,7 +89,9 @@ class PoseEncoder(nnx.Module):
 
 
 class CausalSLT(nnx.Module):
-  """Poses -> text with a decoder-only LLM `lm` (decoder.Decoder); follows the model contract of slt.py."""
+  """Poses -> text with a decoder-only LLM `lm` (decoder.Decoder), behind contract.SLTModel."""
+
+  forced_eos = False  # contract.DecodingModel: a decoder-only LLM has no forced EOS
 
   def __init__(self, lm: decoder.Decoder, encoder: PoseEncoder, *, eos_id: int, pad_id: int,
                prefix_ids: Sequence[int] = (), suffix_ids: Sequence[int] = (), bidirectional_prompt: bool = False,
@@ -125,21 +128,52 @@ class CausalSLT(nnx.Module):
     mask = jnp.concatenate([jnp.ones((b, n_pre), bool), mask, jnp.ones((b, n_post), bool)], axis=1)
     return jnp.concatenate(parts, axis=1), mask
 
-  # -- the model contract ---------------------------------------------------------------------------
+  # -- contract.SLTModel -----------------------------------------------------------------------------
+  def _sequence(self, batch: dict, rngs):
+    """-> (the LLM's input [B, P + L - 1, hidden]: the prompt, then the labels shifted right; the prompt's
+    mask bool[B, P]; P). The prompt's last position predicts labels[:, 0]."""
+    x, mask = self.prompt(batch['poses'], batch['pose_mask'], rngs=rngs)
+    targets = self.lm.embed(batch['labels'][:, :-1].astype(jnp.int32))
+    return jnp.concatenate([x, targets], axis=1), mask, x.shape[1]
+
   def __call__(self, batch: dict, rngs: Optional[nnx.Rngs] = None) -> jax.Array:
     """Teacher forcing: batch['poses'], ['pose_mask'], ['labels'] i32[B, L] -> logits f32[B, L, V]."""
-    x, mask = self.prompt(batch['poses'], batch['pose_mask'], rngs=rngs)
-    labels = batch['labels']
-    p, l = x.shape[1], labels.shape[1]
-    # Target inputs are the labels shifted right (the prompt's last position predicts labels[:, 0]). The
-    # padding after EOS only feeds positions after it (causal), whose loss is masked.
-    targets = self.lm.embed(labels[:, :-1].astype(jnp.int32))
-    x = jnp.concatenate([x, targets], axis=1)
-    mask = jnp.concatenate([mask, jnp.ones(targets.shape[:2], bool)], axis=1)
+    x, mask, p = self._sequence(batch, rngs)
+    l = batch['labels'].shape[1]
+    # The padding after EOS only feeds positions after it (causal), whose loss is masked.
+    mask = jnp.concatenate([mask, jnp.ones((x.shape[0], l - 1), bool)], axis=1)
     with lora.dropout_rngs(self.lm, rngs):  # LoRA adapter dropout (a no-op without adapters)
       h = self.lm(inputs_embeds=x, attention_mask=mask, return_hidden=True, rngs=rngs,
                   prefix_len=p if self.bidirectional_prompt else 0)
       return self.lm.head(h[:, p - 1:p - 1 + l])
+
+  def token_logits(self, batch: dict, counts: TokenCounts, rngs: Optional[nnx.Rngs] = None):
+    """Padding-free teacher forcing (token_rows): the LLM's position-wise layers run on the real tokens only
+    (the prompt's real positions and the target inputs before each row's last label) and the LM head on
+    the target rows only.
+
+    counts: static bounds on the batch's real frames and label tokens (slt_jax.train.step.padding_free_counts;
+    prefix masks). Returns the target rows: (logits f32[M, V], labels i32[M], label_mask bool[M]); the filler
+    rows past the count have mask False.
+    """
+    x, prompt_mask, p = self._sequence(batch, rngs)
+    b, l = batch['labels'].shape
+    label_mask = batch['label_mask'].astype(bool)
+    # Position p + i holds labels[:, i] and predicts labels[:, i + 1]: a token only if that label is one.
+    mask = jnp.concatenate([prompt_mask, label_mask[:, 1:]], axis=1)
+    text = len(self.prefix_ids) + (len(self.suffix_ids) or 1)  # the prompt's positions around the poses
+    num_prompt = self.encoder.frontend.max_outputs(counts.frames, b) + b * text
+    rows = TokenRows.from_mask(mask, min(num_prompt + counts.labels, mask.size))
+    with lora.dropout_rngs(self.lm, rngs):
+      h = self.lm(inputs_embeds=x, attention_mask=mask, return_hidden=True, rngs=rngs,
+                  prefix_len=p if self.bidirectional_prompt else 0, rows=rows)          # [N, hidden]
+      # The target rows among the token rows: position p - 1 + i predicts labels[:, i].
+      before = jnp.zeros((b, p - 1), label_mask.dtype)
+      is_target = rows.gather(jnp.concatenate([before, label_mask], axis=1))         # bool[N]
+      labels = rows.gather(jnp.concatenate([before.astype(jnp.int32), batch['labels'].astype(jnp.int32)], 1))
+      targets = TokenRows.from_mask(is_target[None], min(counts.labels, is_target.size))
+      logits = self.lm.head(targets.gather(h[None]))
+    return logits, targets.gather(labels[None]), targets.gather(is_target[None])
 
   def start_decode(self, poses: jax.Array, pose_mask: jax.Array, max_new_tokens: int):
     """-> (logits f32[B, V] of the first generated token, state: decoder.DecodeState, batch-first)."""
@@ -204,7 +238,7 @@ def _first(ids):
 
 
 def build_causal_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, tokenizer=None) -> CausalSLT:
-  """The decoder-only SLT model of the contract (pose_dim = K * C).
+  """The decoder-only SLT model, a contract.SLTModel (pose_dim = K * C).
 
   The LLM is pretrained (config.model.name) or random from config.model.arch (its vocab_size, which must
   cover the tokenizer's). tokenizer: for the prompt and the EOS / pad / BOS ids (a random LLM gets its ids

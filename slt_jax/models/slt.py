@@ -1,4 +1,4 @@
-"""Sign language translation models behind one interface (the model contract in /tmp/slt/contract.md).
+"""Sign language translation models behind one interface (contract.SLTModel; batches: contract.Batch).
 
 Seq2SeqSLT: pose front end -> encoder (through inputs_embeds) -> decoder, for T5 / mT5 / BART / mBART,
 from random init (config.model.arch, HF config field names) or a pretrained HF checkpoint (config.model.name).
@@ -164,7 +164,7 @@ def trainable_filter(config):
 
 
 def build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, tokenizer=None) -> nnx.Module:
-  """The SLT model of the contract; pose_dim = K * C. Decoder-only families go to causal_slt.CausalSLT.
+  """The SLT model (a contract.SLTModel); pose_dim = K * C. Decoder-only families go to causal_slt.CausalSLT.
   With model.use_lora the backbone gets (Q)LoRA adapters (lora.apply_from_config).
 
   tokenizer (slt_jax.data.tokenizer's interface; the trainer passes the run's): the model's EOS / pad ids are
@@ -172,9 +172,6 @@ def build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, tokenize
   a pretrained checkpoint keeps its own and must stop on the tokenizer's EOS (hf.check_tokenizer_eos). Without
   a tokenizer the ids are model.arch's or the checkpoint's.
   """
-  if config.model.get('padding_free', 0) and _family(config) not in SEQ2SEQ:
-    raise ValueError(f'model.padding_free={config.model.padding_free}: padding-free training is implemented for '
-                     f'the encoder-decoder families {sorted(SEQ2SEQ)}, not {_family(config)!r}; set it to 0')
   model = _build_model(config, vocab_size, pose_dim, rngs, tokenizer)
   L.set_attention_impl(model, config.model.attention)
   if config.model.use_lora:

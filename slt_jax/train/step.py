@@ -1,10 +1,11 @@
-"""Pure train and eval steps.
+"""The train step: a pure function, and TrainStep, its one jitted form built from the config.
 
 The model lives as `(graphdef, params, rest)`: `params` are the trained variables, `rest` everything else
-(frozen base weights under LoRA, non-trainable buffers). A step is a pure function of a `TrainState` and a
-batch, jitted once by the trainer with explicit shardings and the state donated. No tensorflow import here:
-GPU hosts run this without it.
+(frozen base weights under LoRA, non-trainable buffers). `train_step` is a pure function of a `TrainState` and
+a batch; `TrainStep(config, ...)` jits it with explicit shardings and the state donated, for the trainer,
+--mode=check and the benchmarks alike. No tensorflow import here: GPU hosts run this without it.
 """
+import functools
 from typing import Any, Optional
 
 import flax.struct
@@ -14,8 +15,10 @@ import numpy as np
 import optax
 from flax import nnx
 
+from slt_jax.models import contract
 from slt_jax.models.token_rows import TokenCounts
 from slt_jax.train import optim
+from slt_jax.train import sharding as sharding_lib
 
 
 @flax.struct.dataclass
@@ -63,13 +66,31 @@ def _split_microbatches(batch, num_micro: int):
   return jax.tree.map(split, batch)
 
 
+RUNGS_PER_OCTAVE = 16  # padding_free_rung (a power of 2): under 1/16 of a rung's rows are filler past 16 multiples
+
+
+def padding_free_rung(count: int, multiple: int, full: int) -> int:
+  """The rung of a fixed ladder at or above `count` (a real-token count), capped at `full` (the padded size).
+
+  The rungs are the multiples of `multiple` up to 16 of them, then 16 per octave (steps of multiple x 2^k in
+  [16, 32) x multiple x 2^k), then `full` itself: each distinct rung compiles its own step, so the steps a run
+  compiles are bounded by ~16 x log2(full / (16 x multiple)) + 17 per count whatever its data, and a rung
+  wastes under 1/16 of its rows (or under `multiple` rows) on filler.
+  """
+  units = max(-(-count // multiple), 1)
+  step = 1 << max(units.bit_length() - RUNGS_PER_OCTAVE.bit_length(), 0)  # 2^(floor(log2 units) - 4), or 1
+  return min(-(-units // step) * step * multiple, max(full, multiple))
+
+
 def padding_free_counts(batch: dict, multiple: int, grad_accum: int = 1) -> Optional[TokenCounts]:
   """model.padding_free: the static TokenCounts of a host batch, or None when `multiple` is 0 (off).
 
-  The most real pose frames and label tokens in any of its `grad_accum` micro-batches, each rounded up to a
-  multiple of `multiple` (every distinct value compiles its own step). The models derive their row counts
-  from these assuming prefix masks (real entries, then padding), as the input pipeline makes them; a batch
-  with holes in a mask is refused here rather than have tokens dropped.
+  The most real pose frames and label tokens in any of its `grad_accum` micro-batches, each rounded up to its
+  rung of a fixed ladder (padding_free_rung: multiples of `multiple`, coarser in proportion above 16 of them,
+  never past the micro-batch's padded size), so every distinct value, which compiles its own step, comes from
+  a small fixed set. The models derive their row counts from these assuming prefix masks (real entries, then
+  padding), as the input pipeline makes them; a batch with holes in a mask is refused here rather than have
+  tokens dropped.
   """
   if multiple <= 0:
     return None
@@ -81,7 +102,7 @@ def padding_free_counts(batch: dict, multiple: int, grad_accum: int = 1) -> Opti
       raise ValueError(f'model.padding_free needs batch[{key!r}] to be a prefix mask (real entries, then '
                        'padding) in every row; set model.padding_free=0 for masks with holes')
     most = int(lengths.reshape(grad_accum, -1).sum(axis=1).max())
-    counts.append(max(-(-most // multiple) * multiple, multiple))
+    counts.append(padding_free_rung(most, multiple, full=mask.size // grad_accum))
   return TokenCounts(*counts)
 
 
@@ -112,8 +133,8 @@ def train_step(state: TrainState, batch, *, graphdef, rest, tx, label_smoothing:
 
   Args:
     state: the TrainState.
-    batch: the contract's batch dict: poses f32[B, T, K, C], pose_mask bool[B, T], labels i32[B, L],
-      label_mask bool[B, L], ...
+    batch: a contract.Batch dict: poses f32[B, T, K, C], pose_mask bool[B, T], labels i32[B, L],
+      label_mask bool[B, L], ... (the model reads contract.MODEL_KEYS).
     graphdef, rest: the static model graph and its non-trained variables.
     rng_impl: PRNG of the dropout masks ('threefry' | 'rbg', see dropout_key).
     counts: padding-free (model.padding_free): the batch's static TokenCounts (padding_free_counts); the
@@ -123,7 +144,7 @@ def train_step(state: TrainState, batch, *, graphdef, rest, tx, label_smoothing:
   """
   rng, step_rng = jax.random.split(state.rng)
   step_rng = dropout_key(step_rng, rng_impl)
-  model_batch = {k: batch[k] for k in ('poses', 'pose_mask', 'labels', 'label_mask')}
+  model_batch = contract.model_batch(batch)
 
   def loss_fn(params, micro, key):
     # copy=True: fresh Variables at this (grad) trace level; `rest`'s own ones belong to the jit level, and
@@ -166,14 +187,36 @@ def train_step(state: TrainState, batch, *, graphdef, rest, tx, label_smoothing:
   return new_state, metrics
 
 
-def eval_step(params, batch, *, graphdef, rest):
-  """Teacher-forced loss and token accuracy on one batch (sums, so batches add up).
+class TrainStep:
+  """The train step of `config`, jitted with explicit shardings: the one the trainer runs.
 
-  Filler rows (example_mask False) count for nothing.
+  Built from the config (label smoothing, gradient accumulation, the dropout PRNG, model.padding_free) and the
+  model's state: the trainer, --mode=check (lowered on abstract inputs) and the benchmarks all run this, so a
+  benchmark measures the trainer's step. Padding-free steps compile once per TokenCounts.
+
+    train = TrainStep(config, graphdef, tx, state_shardings, rest, mesh)
+    state, metrics = train(state, host_batch, device_batch)   # device_batch: host_batch on the mesh
   """
-  model = nnx.merge(graphdef, params, rest)
-  logits = model({k: batch[k] for k in ('poses', 'pose_mask', 'labels', 'label_mask')}, rngs=None)
-  mask = batch['label_mask'] & batch['example_mask'][:, None]
-  loss_sum, n = cross_entropy(logits, batch['labels'], mask)
-  correct = jnp.sum((jnp.argmax(logits, -1) == batch['labels']) & mask)
-  return {'loss_sum': loss_sum, 'num_tokens': n, 'correct': correct}
+
+  def __init__(self, config, graphdef, tx, state_shardings, rest, mesh):
+    t = config.training
+    self._padding_free, self._grad_accum = int(config.model.padding_free), int(t.gradient_accumulation_steps)
+    self._step = functools.partial(train_step, graphdef=graphdef, tx=tx, label_smoothing=t.label_smoothing,
+                                   grad_accum=self._grad_accum, rng_impl=dropout_rng_impl(t.dropout_rng))
+    self._jit = functools.partial(sharding_lib.jit_train_step, state_shardings=state_shardings, rest=rest, mesh=mesh,
+                                  rules=sharding_lib.logical_rules(config))
+    self._jitted = {}  # TokenCounts (None: padded) -> sharding.JittedStep
+
+  def counts(self, host_batch) -> Optional[TokenCounts]:
+    """The padding-free TokenCounts of a host batch (numpy masks), None when model.padding_free is off."""
+    return padding_free_counts(host_batch, self._padding_free, self._grad_accum)
+
+  def jitted(self, counts: Optional[TokenCounts]) -> sharding_lib.JittedStep:
+    """The jitted step for batches of these `counts`: (state, device batch) -> (state, metrics); .lower()."""
+    if counts not in self._jitted:
+      self._jitted[counts] = self._jit(functools.partial(self._step, counts=counts))
+    return self._jitted[counts]
+
+  def __call__(self, state: TrainState, host_batch, device_batch):
+    """One step on `device_batch` (host_batch on the mesh; the host copy gives the padding-free counts)."""
+    return self.jitted(self.counts(host_batch))(state, device_batch)
