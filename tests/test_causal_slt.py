@@ -15,6 +15,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 import transformers
 
 import tiny_decoders
+from test_slt import _check_padding_free_matches_padded  # pylint: disable=g-bad-import-order
 from slt_jax import decode, default_config
 from slt_jax.models import causal_slt, layers, slt
 from slt_jax.train import step as step_lib
@@ -153,6 +154,37 @@ def test_bidirectional_prompt_lets_poses_see_later_poses(ckpts):
   # the tokens after the prefix stay causal: nothing after position 6 reaches it
   late = lambda e: np.asarray(model.lm(inputs_embeds=e, return_hidden=True, prefix_len=4)[0, 6])
   np.testing.assert_array_equal(late(x), late(x.at[:, 7:].set(3.0)))
+
+
+# --- padding-free training (model.padding_free) ------------------------------------------------------------
+
+_RAGGED = dict(frames=(20, 13, 7), labels=((5, 6, 7, 8, EOS), (9, 10, EOS), (EOS,)))  # poses padded mid-prompt
+
+
+@pytest.mark.parametrize('use_lora', [False, True])
+@pytest.mark.parametrize('name', FAMILIES)
+def test_padding_free_matches_padded(ckpts, tmp_path, name, use_lora):
+  """token_logits (the LLM on the real tokens' rows, the LM head on the target rows) gives the padded forward's
+  loss and gradients, with LoRA adapters on every projection too. The variants ride along: scan over layers
+  (llama3, gemma), the prefix LM (model.bidirectional_prompt, mistral) and a chat-template prompt with text
+  on both sides of the poses (qwen2; else BOS before and the learned answer start after them)."""
+  path, extra = ckpts[name], {}
+  if name == 'qwen2':
+    _chat_tokenizer(str(tmp_path / 'tok'))
+    path = shutil.copytree(ckpts['qwen2'], tmp_path / 'qwen2')
+    (path / 'generation_config.json').write_text(json.dumps({'eos_token_id': [2, 4]}))
+    extra = dict(tokenizer=str(tmp_path / 'tok'), prompt='translate this')
+  config = _config(str(path), use_lora=use_lora, scan_layers=name in ('llama3', 'gemma'),
+                   bidirectional_prompt=name == 'mistral', **extra)
+  config.model.lora_config.update(r=4, lora_alpha=8, lora_dropout=0.0)
+  model = _build(config)
+  assert (model.suffix_ids == (4, 3, 6)) == (name == 'qwen2')
+  if use_lora:  # PEFT's zero init of B would give A no gradient: perturb the adapters
+    adapters = nnx.to_flat_state(nnx.state(model, nnx.LoRAParam))
+    assert adapters
+    for i, (_, var) in enumerate(adapters):
+      var[...] = 0.1 * jax.random.normal(jax.random.key(i), var.shape, var.dtype)
+  _check_padding_free_matches_padded(model, _batch(**_RAGGED))
 
 
 # --- training and translation -----------------------------------------------------------------------------

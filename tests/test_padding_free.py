@@ -1,5 +1,6 @@
 """Padding-free training (model.padding_free): the token-row maps, the host-side counts, the config checks and
-a trainer run. The models' losses and gradients against the padded computation: tests/test_slt.py."""
+a trainer run. The models' losses and gradients against the padded computation: tests/test_slt.py (seq2seq),
+tests/test_causal_slt.py (decoder-only)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +9,6 @@ import pytest
 import tiny_demo
 from slt_jax import default_config
 from slt_jax.default_config import ConfigError
-from slt_jax.models import slt
 from slt_jax.models.token_rows import TokenCounts, TokenRows
 from slt_jax.train import step as step_lib
 from slt_jax.train import trainer
@@ -73,9 +73,6 @@ def test_config_checks():
   default_config.validate_devices(config, 1)
   with pytest.raises(ConfigError, match='runs on one device'):
     default_config.validate_devices(config, 8)
-  config.model.family = 'llama'
-  with pytest.raises(ValueError, match="encoder-decoder families .* not 'llama'"):
-    slt.build_model(config, 32, 6, rngs=None)
 
 
 def test_trainer_runs_padding_free_steps(tmp_path, monkeypatch):

@@ -181,7 +181,7 @@ def _check_padding_free_matches_padded(model, batch, label_smoothing=0.1):
   counts = step_lib.padding_free_counts(batch, 4)
 
   def loss(params, counts):
-    m = nnx.merge(graphdef, params, rest)
+    m = nnx.merge(graphdef, params, rest, copy=True)  # as train_step (a scanned LoRA base lives in `rest`)
     if counts is None:
       logits, labels, mask = m(batch), batch['labels'], batch['label_mask']
     else:

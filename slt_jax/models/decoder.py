@@ -240,12 +240,13 @@ class DecoderLayer(nnx.Module):
         rngs=rngs)
     self.dropout = layers.Dropout(cfg.dropout)
 
-  def __call__(self, x, mask, rotary, cache=None, rngs=None, causal=True):
+  def __call__(self, x, mask, rotary, cache=None, rngs=None, causal=True, rows=None):
     """x: [B, T, hidden]; mask: bool[B, 1, T, S]; cache: layers.KVCache or None -> (x, cache).
 
     causal=False (with a cache): `mask` alone says what each new token sees (a bidirectional prompt).
+    Padding-free: with `rows` (token_rows.TokenRows) x is the token rows [N, hidden] and so is the output.
     """
-    h = self.self_attn(self.input_layernorm(x), mask=mask, rotary=rotary, cache=cache, causal=causal)
+    h = self.self_attn(self.input_layernorm(x), mask=mask, rotary=rotary, cache=cache, causal=causal, rows=rows)
     if cache is not None:
       h, cache = h
     x = x + self.dropout(h, rngs)
@@ -307,8 +308,11 @@ class Decoder(nnx.Module):
     """bool[B, 1, T, S]: key within the sliding window of the query (positions over real tokens)."""
     return (q_pos[:, :, None] - k_pos[:, None, :] < self.config.sliding_window)[:, None]
 
-  def _run(self, x, positions, full_mask, sliding_mask, caches=None, rngs=None, causal=True):
-    """Runs the layer stack. Per-layer caches are layer-first here (KVCache leaves [L, B, ...])."""
+  def _run(self, x, positions, full_mask, sliding_mask, caches=None, rngs=None, causal=True, rows=None):
+    """Runs the layer stack. Per-layer caches are layer-first here (KVCache leaves [L, B, ...]).
+
+    rows: padding-free (token_rows.TokenRows): x is the token rows [N, hidden]; masks and positions [B, T].
+    """
     c = self.config
     rot = layers.rotary(positions, layers.rope_inv_freq(c.head_dim, c.rope_theta, c.rope_scaling_dict))
     flags = jnp.asarray(self.config.sliding_layers or (False,) * self.config.num_layers)
@@ -322,7 +326,7 @@ class Decoder(nnx.Module):
         mask = jnp.where(flag, sliding_mask, full_mask)
       else:
         mask = sliding_mask
-      return layer(h, mask, rot, cache, layer_rngs, causal)
+      return layer(h, mask, rot, cache, layer_rngs, causal, rows)
 
     rngs = rngs if c.dropout else None
     return layers.apply_layers(self.layers, body, x, (flags, caches), num_layers=c.num_layers,
@@ -337,13 +341,16 @@ class Decoder(nnx.Module):
   def __call__(self, input_ids: Optional[jax.Array] = None, *, inputs_embeds: Optional[jax.Array] = None,
                attention_mask: Optional[jax.Array] = None, positions: Optional[jax.Array] = None,
                rngs: Optional[nnx.Rngs] = None, return_hidden: bool = False,
-               prefix_len: int = 0) -> jax.Array:
+               prefix_len: int = 0, rows=None) -> jax.Array:
     """Teacher-forced logits f32[B, T, V] (or the final hidden states [B, T, hidden] before the norm).
 
     attention_mask: bool[B, T] (True = real token; default all real); positions: i32[B, T] (default
     counted over the real tokens). prefix_len: the first prefix_len positions attend to each other both
     ways (a prefix LM: every position sees the whole prefix); 0 = causal throughout, as HF.
     rngs: dropout (config.dropout; HF's LMs have none, LoRA adapters bring their own).
+    rows: padding-free (token_rows.TokenRows of the real tokens, within attention_mask): the position-wise
+    layers run on those tokens' rows only and the result is theirs, [N, V] (or [N, hidden]); the attention
+    core, its masks and the RoPE positions stay in the [B, T] layout.
     """
     x = self._inputs(input_ids, inputs_embeds)
     b, t = x.shape[:2]
@@ -353,7 +360,9 @@ class Decoder(nnx.Module):
     sliding = None if self.config.sliding_window is None else full & self._window(positions, positions)
     if self.config.dropout and rngs is not None:
       x = layers.Dropout(self.config.dropout)(x, rngs)
-    x, _ = self._run(x, positions, full, sliding, rngs=rngs)
+    if rows is not None:
+      x = rows.gather(x)
+    x, _ = self._run(x, positions, full, sliding, rngs=rngs, rows=rows)
     return x if return_hidden else self.head(x)
 
   # -- incremental decoding ---------------------------------------------------------------------------
