@@ -128,7 +128,10 @@ def get_config():
   config.data.hand_normalize = False      # hand points relative to their wrist, in hand-size units.
   config.data.visibility_channel = False  # append a 0/1 visibility channel to the coordinates (C + 1).
   config.data.label_pad_multiple = 0      # 0: labels padded to max_target_length; n: to the batch's longest, rounded up to n.
-  config.data.num_workers = 1             # threads reading .pose files while building the cache.
+  # Processes reading .pose files while building the cache: -1 = one per core (at most 8), 0 or 1 = none (read in
+  # the trainer's process). The cache is the same whatever the number.
+  config.data.num_workers = -1
+  config.data.max_in_memory_gb = 2.0      # training examples above this many GiB are memory-mapped (0: always).
   # Tokenizer trained on the training texts when neither model.tokenizer nor model.name gives one.
   config.data.trained_tokenizer = ml_collections.ConfigDict(dict(
       kind='bpe',          # bpe | wordlevel
@@ -321,6 +324,12 @@ def validate(config, require_data: bool = True) -> None:
   d = config.data
   if d.source not in ('csv', 'tfds'):
     raise ConfigError(f"data.source must be 'csv' or 'tfds', got {d.source!r}")
+  if d.max_in_memory_gb < 0:
+    raise ConfigError(f'data.max_in_memory_gb must be >= 0 (GiB of training examples a host holds in memory; 0: '
+                      f'memory-map them always), got {d.max_in_memory_gb!r}')
+  if d.num_workers < -1:
+    raise ConfigError(f'data.num_workers must be -1 (one per core), 0 or 1 (no worker processes) or a number of '
+                      f'worker processes, got {d.num_workers!r}')
   if d.source == 'tfds' and d.synthetic.enabled:
     raise ConfigError("data.synthetic.enabled generates CSV files: it needs data.source='csv'")
   given = {f: d[f] for f in _SYNTHETIC_PATHS if d[f]}

@@ -164,7 +164,8 @@ def test_cache_is_reused(config, tokenizer, workdir, monkeypatch, splits):
   del splits  # built the cache
   def fail(*args, **kwargs):
     raise AssertionError('cache not reused')
-  monkeypatch.setattr(sources, 'load_split', fail)
+  monkeypatch.setattr(sources, 'load_split_chunked', fail)
+  monkeypatch.setattr(sources, 'read_chunk', fail)
   pipeline.make_datasets(config, tokenizer, workdir, shard_index=0, num_shards=1)
 
 

@@ -78,15 +78,15 @@ def test_resumed_stream_equals_uninterrupted(train_data):
   assert real / padded > 0.7, f'padding fraction {1 - real / padded:.2f}'
 
 
-def test_large_host_share_is_memory_mapped(train_data, monkeypatch):
+def test_large_host_share_is_memory_mapped(train_data):
   _, _, workdir = train_data
   [path] = glob.glob(os.path.join(workdir, 'cache', 'train-*'))
   with open(os.path.join(path, 'meta.json')) as f:
     cache = pipeline._Cache(path, json.load(f))  # pylint: disable=protected-access
-  in_memory = pipeline._host_examples(cache, 1, 2)  # pylint: disable=protected-access
-  monkeypatch.setattr(pipeline, '_CACHE_IN_MEMORY', 0)
+  in_memory = pipeline._host_examples(cache, 1, 2, 2**30)  # pylint: disable=protected-access
+  assert not isinstance(in_memory.points, np.memmap)
   for _ in range(2):  # written once, then reused
-    mapped = pipeline._host_examples(cache, 1, 2)  # pylint: disable=protected-access
+    mapped = pipeline._host_examples(cache, 1, 2, 0)  # pylint: disable=protected-access  (max_in_memory_gb=0)
     assert isinstance(mapped.points, np.memmap)
     for field in ('points', 'visible', 'offsets', 'index'):
       np.testing.assert_array_equal(getattr(mapped, field), getattr(in_memory, field))

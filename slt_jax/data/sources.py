@@ -18,13 +18,23 @@ uid or pose file in two splits an error unless data.allow_overlap (`check_overla
 import codecs
 import collections
 import concurrent.futures
+import contextlib
 import csv
 import dataclasses
+import functools
+import hashlib
 import io
 import json
+import math
+import multiprocessing
 import os
+import sys
+import time
+import types
+import uuid
 
 from absl import logging
+import numpy as np
 
 from slt_jax.data import pose_io
 
@@ -116,22 +126,27 @@ def read_csv(csv_path: str | os.PathLike, pose_dir: str | os.PathLike,
   return rows, skipped
 
 
+def _read_row(row: Row, options: pose_io.PoseOptions):
+  """(PoseArrays, None) of a row, or (None, (skip reason, error)) when its pose cannot be used."""
+  try:
+    return pose_io.read_pose(row.pose_path, options), None
+  except pose_io.NoUsableFramesError as e:
+    return None, ('no_usable_frames', e)
+  except pose_io.KeypointsMismatchError as e:
+    return None, ('missing_keypoints', e)
+  except pose_io.PoseReadError as e:
+    return None, ('unreadable_pose', e)
+
+
 def load_examples(rows: list[Row], options: pose_io.PoseOptions, num_workers: int = 1,
                   ) -> tuple[list[Row], list[pose_io.PoseArrays], SkipReport]:
-  """Reads the pose of every row; drops (and reports) those that cannot be used."""
-  def read(row):
-    try:
-      return pose_io.read_pose(row.pose_path, options), None
-    except pose_io.NoUsableFramesError as e:
-      return None, ('no_usable_frames', e)
-    except pose_io.KeypointsMismatchError as e:
-      return None, ('missing_keypoints', e)
-    except pose_io.PoseReadError as e:
-      return None, ('unreadable_pose', e)
+  """Reads the pose of every row into memory; drops (and reports) those that cannot be used.
 
+  (The pipeline's cache reads a split in bounded memory instead: `load_split_chunked`.)
+  """
+  read = functools.partial(_read_row, options=options)
   if num_workers > 1 and len(rows) > 1:
-    # Threads, not processes: reading is file IO + numpy (releases the GIL), and forking a process
-    # that has imported TF/jax is unsafe.
+    # Threads: reading is file IO + numpy (releases the GIL).
     with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
       results = list(pool.map(read, rows))
   else:
@@ -164,6 +179,221 @@ def load_split(csv_path, pose_dir, options: pose_io.PoseOptions, *, text_column:
   skipped = merge_skips(skipped_csv, skipped_read)
   log_skips(split or os.fspath(csv_path), len(rows), skipped)
   return rows, arrays, skipped
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading a split in bounded memory (the pipeline's cache): chunks of rows, each read by a worker process
+# into a .npz file of its own (numpy arrays only: no pickles), kept until the cache is written.
+# ------------------------------------------------------------------------------------------------
+CHUNK_ROWS = 64           # rows per chunk: a worker holds one chunk's arrays at a time (~1 MB per row at most)
+_CHUNK_FORMAT = 1         # of the chunk files and their manifest: bump on a change (old partial reads restart)
+_MANIFEST = 'chunks.json'
+_PROGRESS_EVERY_S = 10.0
+
+
+def num_workers_for(num_workers: int, num_chunks: int) -> int:
+  """Worker processes for `num_chunks` chunks: data.num_workers (-1: one per core, at most 8); 0 or 1: none (read
+  in this process), as when there is a single chunk."""
+  if num_workers < 0:
+    num_workers = min(8, _num_cpus())
+  return num_workers if num_workers > 1 and num_chunks > 1 else 0
+
+
+def _num_cpus() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not Linux
+    return os.cpu_count() or 1
+
+
+def read_chunk(rows: list[Row], options: pose_io.PoseOptions, path: str) -> int:
+  """Reads the poses of `rows` into the chunk file `path` (complete once it exists: written under a temporary
+  name, then renamed). Returns the number of rows read. Runs in a worker process: numpy and pose_io only.
+
+  The file: points f32[F, K, C] and visible bool[F, K] of the kept rows one after the other, their lengths
+  i64[n], nbytes i64[n] (points + visible bytes as read), kept i64[n] (their positions in `rows`), and each
+  skipped row's position, reason and message (skip_at, skip_reason, skip_message).
+  """
+  points, visible, lengths, nbytes, kept, skips = [], [], [], [], [], []
+  for i, row in enumerate(rows):
+    arrays, err = _read_row(row, options)
+    if arrays is None:
+      skips.append((i, err[0], str(err[1])))
+      continue
+    points.append(arrays.points)
+    visible.append(arrays.visible)
+    lengths.append(arrays.points.shape[0])
+    nbytes.append(arrays.points.nbytes + arrays.visible.nbytes)
+    kept.append(i)
+  tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
+  with open(tmp, 'wb') as f:
+    np.savez(f, points=np.concatenate(points) if points else np.zeros((0, 0, 0), np.float32),
+             visible=np.concatenate(visible) if visible else np.zeros((0, 0), bool),
+             lengths=np.asarray(lengths, np.int64), nbytes=np.asarray(nbytes, np.int64),
+             kept=np.asarray(kept, np.int64), skip_at=np.asarray([s[0] for s in skips], np.int64),
+             skip_reason=np.asarray([s[1] for s in skips], str), skip_message=np.asarray([s[2] for s in skips], str))
+  os.replace(tmp, path)
+  return len(rows)
+
+
+class ChunkedSplit:
+  """A split's usable examples as chunk files in a folder (load_split_chunked), read back one chunk at a time.
+
+  rows: the kept rows, in CSV order; skipped: reason -> uids; lengths / nbytes: i64[n] of the kept examples;
+  num_points / num_coords: K, C; examples(start, stop): (points f32[T, K, C], visible bool[T, K]) of kept
+  examples start..stop-1; remove(): deletes the chunk files (once the cache is written).
+  """
+
+  def __init__(self, folder: str, rows: list[Row], chunk_rows: int):
+    self.folder, self._paths = folder, [_chunk_path(folder, i) for i in range(math.ceil(len(rows) / chunk_rows))]
+    self.rows, self.skipped, lengths, nbytes, self._kept = [], {r: [] for r in SKIP_REASONS}, [], [], []
+    self.num_points = self.num_coords = 0
+    for i, path in enumerate(self._paths):
+      chunk_rows_i = rows[i * chunk_rows:(i + 1) * chunk_rows]
+      with np.load(path, allow_pickle=False) as z:
+        skips = list(zip(z['skip_at'].tolist(), z['skip_reason'].tolist(), z['skip_message'].tolist()))
+        kept = z['kept'].tolist()
+        lengths.append(z['lengths'])
+        nbytes.append(z['nbytes'])
+        if kept and not self.num_points:
+          self.num_points, self.num_coords = z['points'].shape[1:]  # (reads one chunk's arrays once)
+      for at, reason, message in skips:
+        self.skipped[reason].append(chunk_rows_i[at].uid)
+        logging.warning('Skipping %s: %s', chunk_rows_i[at].uid, message)
+      self.rows += [chunk_rows_i[j] for j in kept]
+      self._kept.append(len(kept))
+    self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    self.nbytes = np.concatenate(nbytes) if nbytes else np.zeros(0, np.int64)
+    self._first = np.concatenate([[0], np.cumsum(self._kept)])  # first kept example of each chunk
+
+  def examples(self, start: int, stop: int):
+    for c in range(max(0, int(np.searchsorted(self._first, start, 'right')) - 1), len(self._paths)):
+      lo, hi = max(start, self._first[c]), min(stop, self._first[c + 1])
+      if lo >= stop:
+        return
+      if lo >= hi:
+        continue
+      with np.load(self._paths[c], allow_pickle=False) as z:
+        points, visible, lengths = z['points'], z['visible'], z['lengths']
+      offsets = np.concatenate([[0], np.cumsum(lengths)])
+      for j in range(lo - self._first[c], hi - self._first[c]):
+        yield points[offsets[j]:offsets[j + 1]], visible[offsets[j]:offsets[j + 1]]
+
+  def remove(self):
+    for path in self._paths + [os.path.join(self.folder, _MANIFEST)]:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
+def _chunk_path(folder: str, i: int) -> str:
+  return os.path.join(folder, f'chunk-{i:06d}.npz')
+
+
+def load_split_chunked(csv_path, pose_dir, options: pose_io.PoseOptions, folder: str, *, text_column: str = 'text',
+                       num_workers: int = -1, split: str = '') -> ChunkedSplit:
+  """load_split in bounded memory: the poses go to chunk files in `folder` (see read_chunks), not into memory.
+  The same rows, skips and log lines as load_split."""
+  rows, skipped_csv = read_csv(csv_path, pose_dir, text_column)
+  chunked = read_chunks(rows, options, folder, num_workers=num_workers, what=split or os.fspath(csv_path))
+  chunked.skipped = merge_skips(skipped_csv, chunked.skipped)
+  log_skips(split or os.fspath(csv_path), len(chunked.rows), chunked.skipped)
+  return chunked
+
+
+def read_chunks(rows: list[Row], options: pose_io.PoseOptions, folder: str, *, num_workers: int = -1,
+                what: str = '', chunk_rows: int | None = None) -> ChunkedSplit:
+  """Reads the poses of `rows` into chunk files of `chunk_rows` rows in `folder`, in `num_workers` worker
+  processes (num_workers_for), logging progress (rows/s, ETA).
+
+  Resumable: the chunk files a killed run finished are kept and not read again, if `folder`'s manifest says they
+  hold these rows with these options (else the folder's chunks are deleted first); files a killed write left
+  half-written (temporary names) are deleted. One process at a time per folder (the pipeline holds a lock).
+  """
+  chunk_rows = chunk_rows or CHUNK_ROWS
+  os.makedirs(folder, exist_ok=True)
+  _start_manifest(folder, rows, options, chunk_rows)
+  chunks = [(i, rows[a:a + chunk_rows]) for i, a in enumerate(range(0, len(rows), chunk_rows))]
+  todo = [(i, chunk) for i, chunk in chunks if not os.path.exists(_chunk_path(folder, i))]
+  workers = num_workers_for(num_workers, len(todo))
+  progress = _Progress(what, len(rows), len(rows) - sum(len(c) for _, c in todo))
+  if workers:
+    # Spawned, not forked: forking a process that has imported TF / jax (threads) is unsafe.
+    with _plain_main(), concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context('spawn')) as pool:
+      futures = [pool.submit(read_chunk, chunk, options, _chunk_path(folder, i)) for i, chunk in todo]
+      for future in concurrent.futures.as_completed(futures):
+        try:
+          progress.add(future.result())
+        except concurrent.futures.process.BrokenProcessPool as e:
+          raise RuntimeError(f'{what}: a worker process reading .pose files died (out of memory? lower '
+                             f'data.num_workers): {e}. Finished chunks in {folder} are kept: run again to '
+                             'go on.') from e
+  else:
+    for i, chunk in todo:
+      progress.add(read_chunk(chunk, options, _chunk_path(folder, i)))
+  progress.done()
+  return ChunkedSplit(folder, rows, chunk_rows)
+
+
+def _start_manifest(folder: str, rows: list[Row], options: pose_io.PoseOptions, chunk_rows: int):
+  """Keeps the chunk files of an earlier run on the same rows, options and chunking; removes any other chunks
+  and the temporary files of killed writes."""
+  h = hashlib.sha256(json.dumps([[r.uid, r.pose_path] for r in rows]).encode())
+  manifest = {'format': _CHUNK_FORMAT, 'chunk_rows': chunk_rows, 'num_rows': len(rows),
+              'rows_sha256': h.hexdigest(), 'options': options.fingerprint()}
+  path = os.path.join(folder, _MANIFEST)
+  try:
+    with open(path) as f:
+      same = json.load(f) == manifest
+  except (OSError, ValueError):
+    same = False
+  for name in os.listdir(folder):
+    if '.tmp-' in name or (not same and name.startswith('chunk-')):
+      os.remove(os.path.join(folder, name))
+  if same:
+    return
+  with open(path + '.tmp', 'w') as f:
+    json.dump(manifest, f)
+  os.replace(path + '.tmp', path)
+
+
+@contextlib.contextmanager
+def _plain_main():
+  """Spawned workers import the parent's __main__ module again (a trainer script: TF and jax, seconds and
+  hundreds of MB each) unless it is hidden while they start: they need only this module."""
+  main = sys.modules['__main__']
+  sys.modules['__main__'] = types.ModuleType('__main__')
+  try:
+    yield
+  finally:
+    sys.modules['__main__'] = main
+
+
+class _Progress:
+  """Logs rows read (of `total`), rows/s and the time left, at most every _PROGRESS_EVERY_S seconds."""
+
+  def __init__(self, what: str, total: int, done: int):
+    self.what, self.total, self.done_before, self.count = what, total, done, done
+    self.start = self.last = time.monotonic()
+    if done:
+      logging.info('%s: %d of %d rows read by an earlier run (kept)', what, done, total)
+
+  def add(self, n: int):
+    self.count += n
+    now = time.monotonic()
+    if now - self.last >= _PROGRESS_EVERY_S:
+      self.last = now
+      logging.info('%s', self.line(now))
+
+  def line(self, now: float) -> str:
+    rate = (self.count - self.done_before) / max(now - self.start, 1e-9)
+    left = (self.total - self.count) / rate if rate > 0 else float('inf')
+    eta = f'{left // 60:.0f} min {left % 60:02.0f} s' if math.isfinite(left) else '?'
+    return (f'{self.what}: read {self.count}/{self.total} rows ({100 * self.count / max(self.total, 1):.0f}%), '
+            f'{rate:.1f} rows/s, ETA {eta}')
+
+  def done(self):
+    logging.info('%s (done)', self.line(time.monotonic()))
 
 
 def require_usable_rows(split: str, csv_path, pose_dir, rows: list[Row], skipped: SkipReport,
