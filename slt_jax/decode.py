@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from slt_jax.models import registry
+
 _NEG = -1.0e9  # HF's "impossible" score; added (not assigned) the way HF does so float32 rounding matches.
 
 
@@ -326,7 +328,7 @@ class TextSeq2Seq(nnx.Module):
       decoder_prefix = (cfg.decoder_start_token_id,) + (() if forced_bos is None else (forced_bos,))
     self.decoder_prefix = tuple(int(i) for i in decoder_prefix)
     if forced_eos is None:
-      forced_eos = getattr(cfg, 'model_type', '') in ('bart', 'mbart')
+      forced_eos = registry.family(cfg.model_type).forced_eos
     self.forced_eos = bool(forced_eos)
 
   def start_decode(self, input_ids: jax.Array, attention_mask: jax.Array, max_new_tokens: int):

@@ -164,6 +164,9 @@ def get_config():
   # glibc malloc tuned so XLA:CPU reuses each step's memory (slt_jax/host_malloc.py; ~15-20% faster CPU steps):
   # auto (where no JAX accelerator plugin is installed) | on | off. Applied by slt_jax.main before JAX starts.
   config.training.host_malloc = 'auto'
+  # JAX's persistent compilation cache, for every mode (slt_jax/compile_cache.py): 'auto' = the user's cache,
+  # $XDG_CACHE_HOME or ~/.cache /slt_jax/jax_compile (JAX_COMPILATION_CACHE_DIR if set) | a folder | '' (off).
+  config.training.compile_cache_dir = 'auto'
   config.training.peak_tflops = 0.0  # device peak for MFU; 0 = known GPUs (A100, H100, H200), else no MFU.
   config.training.max_consecutive_nonfinite = 10  # stop after this many NaN/Inf updates in a row.
   # PRNG of each step's dropout key: auto (rbg on CPU, else threefry) | threefry | rbg. The masks themselves are
@@ -448,9 +451,9 @@ def _check_arch(m) -> None:
   default in place)."""
   if m.name:
     return  # the checkpoint's config.json is the architecture; model.arch is not used
-  from slt_jax.models import hf  # pylint: disable=g-import-not-at-top
-  if m.family not in hf.FAMILIES:
-    raise ConfigError(f'model.family={m.family!r} is not one of {sorted(hf.FAMILIES)}')
+  from slt_jax.models import hf, registry  # pylint: disable=g-import-not-at-top
+  if m.family not in registry.model_types():
+    raise ConfigError(f'model.family={m.family!r} is not one of {registry.model_types()}')
   arch = m.arch.to_dict()
   if arch.setdefault('model_type', m.family) != m.family:
     raise ConfigError(f'model.arch.model_type={arch["model_type"]!r} disagrees with model.family={m.family!r}: '
@@ -464,7 +467,6 @@ def _check_arch(m) -> None:
 
 _MESH_AXES = ('data', 'fsdp', 'tensor')
 _SYNTHETIC_PATHS = ('train_path', 'val_path', 'test_path', 'pose_dir')  # what data.synthetic fills in
-_SEQ2SEQ_FAMILIES = ('t5', 'mt5', 'bart', 'mbart')  # built from `arch` they take the tokenizer's vocabulary
 
 
 def _check_batch_divisible(config, data_parallel: int, sizes: dict) -> None:
@@ -518,7 +520,8 @@ def model_vocab_size(config) -> int | None:
     with open(path) as f:
       hf = json.load(f)
     return hf.get('vocab_size') or hf.get('text_config', {}).get('vocab_size')
-  if m.family not in _SEQ2SEQ_FAMILIES:
+  from slt_jax.models import registry  # pylint: disable=g-import-not-at-top  (jax at call time, not at import)
+  if not registry.is_seq2seq(m.family):  # built from `arch`, a seq2seq model takes the tokenizer's vocabulary
     return m.arch.get('vocab_size')
   return None
 

@@ -12,6 +12,7 @@ from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
 import jax
 from ml_collections import config_flags
 
+from slt_jax import compile_cache
 from slt_jax import default_config
 from slt_jax import host_malloc
 from slt_jax.data import video
@@ -75,6 +76,7 @@ def main(argv):
   config = _CONFIG.value
   default_config.validate(config, require_data=_MODE.value in ('train', 'eval'))
   host_malloc.configure(config.training.host_malloc)  # before JAX starts its threads
+  compile_cache.configure(config.training.compile_cache_dir)  # before anything compiles
   _initialize_distributed()
   workdir = os.path.abspath(_WORKDIR.value)
   os.makedirs(workdir, exist_ok=True)
@@ -90,6 +92,7 @@ def main(argv):
       raise app.UsageError('--mode=translate needs --inputs=FILE.pose,VIDEO.mp4,FOLDER,...')
     results = translate.translate(config, workdir, _INPUTS.value, _OUTPUT.value, pose_env=_POSE_ENV.value,
                                   render=_RENDER.value, render_format=_RENDER_FORMAT.value)
+    compile_cache.log_stats()
     return
   elif _MODE.value == 'show':
     from slt_jax import show
@@ -104,6 +107,7 @@ def main(argv):
     from slt_jax.train import trainer
     step = config.evaluation.step if config.evaluation.step >= 0 else None
     results = trainer.evaluate(config, workdir, config.evaluation.split, step)
+  compile_cache.log_stats()
   logging.info('Results: %s', results)
 
 

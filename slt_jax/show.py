@@ -388,7 +388,7 @@ def show(config, workdir: str, inputs: list[str], out_dir: str | None = None, *,
   """--mode=show: `.pose` files and folders in, one animation each in out_dir (default WORKDIR/show), with the
   preprocessing of the run in `workdir` (its config.json) where it has one, else of `config`."""
   from slt_jax import run_config  # pylint: disable=g-import-not-at-top
-  from slt_jax.translate import expand_inputs  # pylint: disable=g-import-not-at-top
+  from slt_jax.data.video import expand_inputs  # pylint: disable=g-import-not-at-top
   config = run_config.for_inference(config, workdir, strict=False)
   paths = []
   for path in expand_inputs(inputs):

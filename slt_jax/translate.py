@@ -10,7 +10,6 @@ Uses the workdir's best checkpoint and the model and preprocessing it was traine
 written at training time: run_config.for_inference; where --config differs, that is logged and not used).
 Unreadable files are skipped with a message; the others are decoded in batches.
 """
-import glob
 import os
 
 import jax
@@ -24,18 +23,6 @@ from slt_jax.data import tokenizer as tokenizer_lib
 from slt_jax.data import video
 from slt_jax.train import checkpoint as checkpoint_lib
 from slt_jax.train import trainer
-
-
-def expand_inputs(inputs: list[str]) -> list[str]:
-  """Files as given, folders expanded to their `.pose` files and videos (recursively, sorted)."""
-  paths = []
-  for item in inputs:
-    if os.path.isdir(item):
-      found = glob.glob(os.path.join(item, '**', '*'), recursive=True)
-      paths.extend(sorted(p for p in found if p.lower().endswith('.pose') or video.is_video(p)))
-    else:
-      paths.append(item)
-  return paths
 
 
 def _pad_batch(arrays: list[pose_io.PoseArrays], batch_size: int, frames: int, visibility_channel: bool):
@@ -80,7 +67,7 @@ def translate(config, workdir: str, inputs: list[str], output: str | None = None
 
   readable = []
   extractor = video.Extractor(os.path.join(workdir, 'video_poses'), pose_env)
-  for path in expand_inputs(inputs):
+  for path in video.expand_inputs(inputs):
     try:
       readable.append((path, pose_io.read_pose(extractor.pose_file(path), options)))
     except pose_io.PoseReadError as e:

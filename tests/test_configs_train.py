@@ -25,7 +25,7 @@ from flax import nnx
 
 from slt_jax import default_config
 from slt_jax.data import tokenizer as tokenizer_lib
-from slt_jax.models import causal_slt, slt
+from slt_jax.models import causal_slt, registry, slt
 from slt_jax.train import sharding as sharding_lib
 from slt_jax.train import step as step_lib
 from slt_jax.train import trainer
@@ -64,7 +64,7 @@ def _load(path):
 
 
 def _shrink_key(family):
-  return 't5' if family in ('t5', 'mt5') else 'bart' if family in ('bart', 'mbart') else 'decoder'
+  return registry.family(family).name
 
 
 def _tiny(path):
@@ -212,7 +212,7 @@ def _checkpoint(directory, config, tok, eos):
   arch = {k: v for k, v in config.model.arch.to_dict().items() if k != 'model_type'}
   arch.update(vocab_size=LLM_VOCAB, **_hf_ids(family, tok, eos))
   hf_config = transformers.AutoConfig.for_model(family, **arch)
-  auto = transformers.AutoModelForCausalLM if family in causal_slt.FAMILIES else transformers.AutoModelForSeq2SeqLM
+  auto = getattr(transformers, registry.family(family).hf_auto_class)
   auto.from_config(hf_config).save_pretrained(directory)
   gen = os.path.join(directory, 'generation_config.json')
   if os.path.exists(gen):

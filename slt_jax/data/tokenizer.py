@@ -24,6 +24,8 @@ from absl import logging
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, trainers
 
+from slt_jax import run_config
+
 PAD, EOS, UNK, BOS = '<pad>', '</s>', '<unk>', '<s>'
 SPECIALS = (PAD, EOS, UNK, BOS)
 _MARKER = 'slt_jax_tokenizer'  # key in tokenizer_config.json marking our own tokenizers
@@ -214,13 +216,31 @@ def get_tokenizer(config, workdir: str, texts: Iterable[str] | None = None) -> T
   return tok
 
 
+def tokenizer_dir(workdir: str) -> str:
+  """The tokenizer directory of an earlier run (training.init_from): WORKDIR/tokenizer (trained on its texts), else its config's
+  model.tokenizer or model.name (a pretrained one), else that of the run it was initialised from."""
+  saved = os.path.join(workdir, 'tokenizer')
+  if os.path.exists(os.path.join(saved, 'tokenizer.json')):
+    return saved
+  config = run_config.load(workdir)
+  if config is None:
+    raise FileNotFoundError(f'training.init_from={workdir}: no {run_config.FILE} there; init_from names the workdir '
+                            'of an earlier slt_jax training run')
+  m, t = config.get('model', {}), config.get('training', {})
+  if m.get('tokenizer') or m.get('name'):
+    return m.get('tokenizer') or m.get('name')
+  if t.get('init_from'):
+    return tokenizer_dir(t['init_from'])
+  raise FileNotFoundError(f'training.init_from={workdir}: that run has no tokenizer ({saved} is missing); give '
+                          'model.tokenizer')
+
+
 def _earlier_run_tokenizer(init_from: str, workdir: str) -> Tokenizer:
   """training.init_from's tokenizer (tokenizer_dir: the one trained there, or its pretrained one). A trained one is
   also saved to WORKDIR/tokenizer, which this run falls back to once the earlier workdir is gone."""
-  from slt_jax.train import init_from as init_from_lib  # pylint: disable=g-import-not-at-top  (jax: only here)
   saved = os.path.join(workdir, 'tokenizer')
   try:
-    tok = load_tokenizer(init_from_lib.tokenizer_dir(init_from))
+    tok = load_tokenizer(tokenizer_dir(init_from))
   except FileNotFoundError:
     if not os.path.exists(os.path.join(saved, 'tokenizer.json')):
       raise

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import glob
 import hashlib
 import os
 import shutil
@@ -68,6 +69,19 @@ class ExtractorEnvError(RuntimeError):
 
 def is_video(path: str) -> bool:
   return os.path.splitext(path)[1].lower() in VIDEO_SUFFIXES
+
+
+def expand_inputs(inputs: list[str]) -> list[str]:
+  """Files as given, folders expanded to their `.pose` files and videos (recursively, sorted): what
+  --mode=translate and --mode=show read."""
+  paths = []
+  for item in inputs:
+    if os.path.isdir(item):
+      found = glob.glob(os.path.join(item, '**', '*'), recursive=True)
+      paths.extend(sorted(p for p in found if p.lower().endswith('.pose') or is_video(p)))
+    else:
+      paths.append(item)
+  return paths
 
 
 def default_env_dir() -> str:

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from slt_jax.models import layers as L
-from slt_jax.models.hf import Row, layer_rows
+from slt_jax.models.hf_io import TensorMapping, layer_mappings
 
 POS_OFFSET = 2  # HF BartLearnedPositionalEmbedding: position p uses row p + 2.
 
@@ -256,11 +256,11 @@ def build(cfg: BartConfig, dtype=jnp.float32, param_dtype=None, rngs: Optional[n
 IGNORED = (r'model\.encoder\.embed_tokens\.weight', r'model\.decoder\.embed_tokens\.weight')
 
 
-def hf_table(cfg: BartConfig) -> list[Row]:
+def hf_table(cfg: BartConfig) -> list[TensorMapping]:
   """HF (M)BartForConditionalGeneration tensor names <-> our parameter paths."""
-  rows = [Row('model.shared.weight', ('shared', 'embedding'),
-              aliases=('model.encoder.embed_tokens.weight', 'model.decoder.embed_tokens.weight')),
-          Row('final_logits_bias', ('final_logits_bias',), transform='row', optional=True)]
+  table = [TensorMapping('model.shared.weight', ('shared', 'embedding'),
+                         aliases=('model.encoder.embed_tokens.weight', 'model.decoder.embed_tokens.weight')),
+           TensorMapping('final_logits_bias', ('final_logits_bias',), transform='row', optional=True)]
   lin = lambda hf, ours: [(f'{hf}.weight', ours + ('kernel',), 'T'), (f'{hf}.bias', ours + ('bias',), None)]
   ln = lambda hf, ours: [(f'{hf}.weight', (ours, 'scale'), None), (f'{hf}.bias', (ours, 'bias'), None)]
   attn = lambda hf, ours: sum((lin(f'{hf}.{p}_proj', (ours, f'{o}_proj')) for p, o in
@@ -270,11 +270,11 @@ def hf_table(cfg: BartConfig) -> list[Row]:
   cross = attn('encoder_attn', 'cross_attn') + ln('encoder_attn_layer_norm', 'cross_norm')
   for stack, n, entries in (('encoder', cfg.encoder_layers, common),
                             ('decoder', cfg.decoder_layers, common + cross)):
-    rows.append(Row(f'model.{stack}.embed_positions.weight', (stack, 'positions', 'embedding')))
-    rows += [Row(h, (stack,) + o) for h, o, _ in ln(f'model.{stack}.layernorm_embedding', 'embed_norm')]
+    table.append(TensorMapping(f'model.{stack}.embed_positions.weight', (stack, 'positions', 'embedding')))
+    table += [TensorMapping(h, (stack,) + o) for h, o, _ in ln(f'model.{stack}.layernorm_embedding', 'embed_norm')]
     if cfg.pre_norm:
-      rows += [Row(h, (stack,) + o) for h, o, _ in ln(f'model.{stack}.layer_norm', 'final_norm')]
-    rows += layer_rows(n, cfg.scan_layers, f'model.{stack}.layers.{{i}}.', (stack, 'layers'), entries)
+      table += [TensorMapping(h, (stack,) + o) for h, o, _ in ln(f'model.{stack}.layer_norm', 'final_norm')]
+    table += layer_mappings(n, cfg.scan_layers, f'model.{stack}.layers.{{i}}.', (stack, 'layers'), entries)
   if not cfg.tie_word_embeddings:
-    rows.append(Row('lm_head.weight', ('lm_head', 'kernel'), transform='T'))
-  return rows
+    table.append(TensorMapping('lm_head.weight', ('lm_head', 'kernel'), transform='T'))
+  return table

@@ -36,7 +36,6 @@ from slt_jax.models import layers as L
 from slt_jax.models.pose_frontend import PoseFrontEnd
 from slt_jax.models.token_rows import TokenCounts, TokenRows
 
-FAMILIES = decoder.MODEL_TYPES
 _POSES = '<|slt_poses|>'  # placeholder where the poses go when rendering a chat template
 _TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'tokenizer.model')
 

@@ -23,9 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from slt_jax.models import layers
+from slt_jax.models import hf_io, layers
 
-MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'gemma')
 _ARCHITECTURES = {'llama': 'LlamaForCausalLM', 'mistral': 'MistralForCausalLM', 'qwen2': 'Qwen2ForCausalLM',
                   'gemma': 'GemmaForCausalLM'}
 
@@ -105,8 +104,8 @@ def config_from_hf(hf: dict, tensor_names=None) -> DecoderConfig:
   """DecoderConfig from an HF config.json dict (`model_type` llama | mistral | qwen2 | gemma)."""
   del tensor_names  # the config says everything (a tied checkpoint's stray lm_head.weight is IGNORED).
   model_type = hf.get('model_type')
-  if model_type not in MODEL_TYPES:
-    raise ValueError(f'decoder: unsupported model_type {model_type!r} (supported: {MODEL_TYPES})')
+  if model_type not in _HF_DEFAULTS:
+    raise ValueError(f'decoder: unsupported model_type {model_type!r} (supported: {tuple(_HF_DEFAULTS)})')
   hf = {**_HF_DEFAULTS[model_type], **hf}
   heads = int(hf['num_attention_heads'])
   num_layers = int(hf['num_hidden_layers'])
@@ -412,9 +411,8 @@ IGNORED = (r'lm_head\.weight',  # a tied checkpoint may still carry its copy of 
            r'model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq')  # old checkpoints' RoPE buffers
 
 
-def hf_table(cfg: DecoderConfig) -> list:
-  """The HF name mapping: one hf.Row per checkpoint tensor ('T': HF (out, in) <-> our kernel [in, out])."""
-  from slt_jax.models import hf  # pylint: disable=g-import-not-at-top  (hf imports the families)
+def hf_table(cfg: DecoderConfig) -> list[hf_io.TensorMapping]:
+  """The HF name mapping: one TensorMapping per checkpoint tensor ('T': HF (out, in) <-> our kernel [in, out])."""
   layer = [
       ('input_layernorm.weight', ('input_layernorm', 'scale'), None),
       ('post_attention_layernorm.weight', ('post_attention_layernorm', 'scale'), None),
@@ -427,9 +425,9 @@ def hf_table(cfg: DecoderConfig) -> list:
     layer += [('self_attn.o_proj.bias', ('self_attn', 'o_proj', 'bias'), None)]
   if cfg.mlp_bias:
     layer += [(f'mlp.{p}.bias', ('mlp', p, 'bias'), None) for p in ('gate_proj', 'up_proj', 'down_proj')]
-  rows = [hf.Row('model.embed_tokens.weight', ('embed_tokens', 'embedding'))]
-  rows += hf.layer_rows(cfg.num_layers, cfg.scan_layers, 'model.layers.{i}.', ('layers',), layer)
-  rows += [hf.Row('model.norm.weight', ('norm', 'scale'))]
+  table = [hf_io.TensorMapping('model.embed_tokens.weight', ('embed_tokens', 'embedding'))]
+  table += hf_io.layer_mappings(cfg.num_layers, cfg.scan_layers, 'model.layers.{i}.', ('layers',), layer)
+  table += [hf_io.TensorMapping('model.norm.weight', ('norm', 'scale'))]
   if not cfg.tie_word_embeddings:
-    rows += [hf.Row('lm_head.weight', ('lm_head', 'kernel'), transform='T')]
-  return rows
+    table += [hf_io.TensorMapping('lm_head.weight', ('lm_head', 'kernel'), transform='T')]
+  return table

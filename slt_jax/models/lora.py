@@ -44,7 +44,7 @@ from flax.nnx.nn import dtypes as nnx_dtypes
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from slt_jax.models import hf
+from slt_jax.models import hf, registry
 from slt_jax.models import layers as L
 
 CONFIG_FILE = 'adapter_config.json'
@@ -396,7 +396,7 @@ def _backbone(model):
 
 
 def _task_type(lm) -> str:
-  return 'CAUSAL_LM' if lm.config.model_type in ('llama', 'mistral', 'qwen2', 'gemma') else 'SEQ_2_SEQ_LM'
+  return registry.family(lm.config.model_type).peft_task_type
 
 
 def _outside_lm(model) -> dict:

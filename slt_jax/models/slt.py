@@ -19,12 +19,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from slt_jax.models import bart, causal_slt, hf, lora, t5
+from slt_jax.models import causal_slt, hf, lora, registry
 from slt_jax.models import layers as L
 from slt_jax.models.pose_frontend import PoseFrontEnd
 from slt_jax.models.token_rows import TokenCounts, TokenRows
-
-SEQ2SEQ = {'t5': t5, 'mt5': t5, 'bart': bart, 'mbart': bart}
 
 
 class Seq2SeqSLT(nnx.Module):
@@ -137,16 +135,17 @@ def build_lm(config, vocab_size: int, rngs: nnx.Rngs, tokenizer=None):
   dtype, param_dtype = _dtypes(config)
   if mc.name:
     family = hf.read_config(mc.name)['model_type']
-    if family not in SEQ2SEQ:
-      raise ValueError(f'{mc.name}: model_type {family!r} is not an encoder-decoder ({sorted(SEQ2SEQ)})')
+    if not registry.is_seq2seq(family):
+      raise ValueError(f'{mc.name}: model_type {family!r} is not an encoder-decoder '
+                       f'({registry.model_types(registry.SEQ2SEQ)})')
     lm = hf.from_pretrained(mc.name, dtype, param_dtype, scan_layers=mc.scan_layers, remat=mc.remat)
     if vocab_size > lm.config.vocab_size:
       raise ValueError(f'tokenizer has {vocab_size} ids, {mc.name} only {lm.config.vocab_size} embeddings')
     return lm, family
   family = mc.family
-  if family not in SEQ2SEQ:
-    raise ValueError(f'config.model.family={family!r}: Seq2SeqSLT takes {sorted(SEQ2SEQ)}')
-  fam = SEQ2SEQ[family]
+  if not registry.is_seq2seq(family):
+    raise ValueError(f'config.model.family={family!r}: Seq2SeqSLT takes {registry.model_types(registry.SEQ2SEQ)}')
+  fam = registry.family(family).module
   arch = dict(mc.arch.to_dict() if hasattr(mc.arch, 'to_dict') else mc.arch)
   arch.update(vocab_size=vocab_size, model_type=family, scan_layers=mc.scan_layers, remat=mc.remat)
   cfg = fam.config_from_hf(arch)
@@ -186,7 +185,7 @@ def _family(config) -> str:
 
 def _build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, tokenizer=None) -> nnx.Module:
   mc = config.model
-  if _family(config) not in SEQ2SEQ:
+  if not registry.is_seq2seq(_family(config)):
     return causal_slt.build_causal_model(config, vocab_size, pose_dim, rngs, tokenizer=tokenizer)
   if mc.name and tokenizer is not None:  # before loading the weights
     hf.check_tokenizer_eos(mc.name, tokenizer, mc.tokenizer or 'the checkpoint\'s')
@@ -212,4 +211,4 @@ def _build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, tokeniz
   if forced is not None:
     prefix.append(forced)
   return Seq2SeqSLT(lm, frontend, eos_id=eos, pad_id=pad, decoder_prefix=prefix,
-                    prompt_ids=prompt_ids, forced_eos=family in ('bart', 'mbart'))
+                    prompt_ids=prompt_ids, forced_eos=registry.family(family).forced_eos)

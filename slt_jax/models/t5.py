@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from slt_jax.models import layers as L
-from slt_jax.models.hf import Row, layer_rows
+from slt_jax.models.hf_io import TensorMapping, layer_mappings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,10 +315,10 @@ IGNORED = (r'encoder\.embed_tokens\.weight', r'decoder\.embed_tokens\.weight',
            r'decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight')
 
 
-def hf_table(cfg: T5Config) -> list[Row]:
+def hf_table(cfg: T5Config) -> list[TensorMapping]:
   """HF T5ForConditionalGeneration tensor names <-> our parameter paths."""
-  rows = [Row('shared.weight', ('shared', 'embedding'),
-              aliases=('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight'))]
+  table = [TensorMapping('shared.weight', ('shared', 'embedding'),
+                         aliases=('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight'))]
   attn = lambda hf, ours: [(f'{hf}.{p}.weight', (ours, f'{p}_proj', 'kernel'), 'T') for p in 'qkvo']
   mlp_names = ('wi_0', 'wi_1', 'wo') if cfg.gated else ('wi', 'wo')
   mlp = lambda i: [(f'layer.{i}.DenseReluDense.{n}.weight', ('mlp', n, 'kernel'), 'T') for n in mlp_names]
@@ -329,10 +329,10 @@ def hf_table(cfg: T5Config) -> list[Row]:
          + [('layer.1.layer_norm.weight', ('cross_norm', 'scale'), None)]
          + mlp(2) + [('layer.2.layer_norm.weight', ('mlp_norm', 'scale'), None)])
   for stack, n, entries in (('encoder', cfg.num_layers, enc), ('decoder', cfg.num_decoder_layers, dec)):
-    rows.append(Row(f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight',
-                    (stack, 'rel_bias', 'embedding')))
-    rows.append(Row(f'{stack}.final_layer_norm.weight', (stack, 'final_norm', 'scale')))
-    rows += layer_rows(n, cfg.scan_layers, f'{stack}.block.{{i}}.', (stack, 'layers'), entries)
+    table.append(TensorMapping(f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight',
+                               (stack, 'rel_bias', 'embedding')))
+    table.append(TensorMapping(f'{stack}.final_layer_norm.weight', (stack, 'final_norm', 'scale')))
+    table += layer_mappings(n, cfg.scan_layers, f'{stack}.block.{{i}}.', (stack, 'layers'), entries)
   if not cfg.tie_word_embeddings:
-    rows.append(Row('lm_head.weight', ('lm_head', 'kernel'), transform='T'))
-  return rows
+    table.append(TensorMapping('lm_head.weight', ('lm_head', 'kernel'), transform='T'))
+  return table

@@ -267,21 +267,3 @@ def load(config, workdir: str, state, rest, into: str):
                                  else v) for p, v in nnx.to_flat_state(tree)])
   return state.replace(params=replaced(state.params, loaded['params'])), replaced(rest, loaded['rest'])
 
-
-def tokenizer_dir(workdir: str) -> str:
-  """The tokenizer directory of an earlier run: WORKDIR/tokenizer (trained on its texts), else its config's
-  model.tokenizer or model.name (a pretrained one), else that of the run it was initialised from."""
-  saved = os.path.join(workdir, 'tokenizer')
-  if os.path.exists(os.path.join(saved, 'tokenizer.json')):
-    return saved
-  config = run_config.load(workdir)
-  if config is None:
-    raise FileNotFoundError(f'training.init_from={workdir}: no {run_config.FILE} there; init_from names the workdir '
-                            'of an earlier slt_jax training run')
-  m, t = config.get('model', {}), config.get('training', {})
-  if m.get('tokenizer') or m.get('name'):
-    return m.get('tokenizer') or m.get('name')
-  if t.get('init_from'):
-    return tokenizer_dir(t['init_from'])
-  raise FileNotFoundError(f'training.init_from={workdir}: that run has no tokenizer ({saved} is missing); give '
-                          'model.tokenizer')
