@@ -3,9 +3,10 @@
 Conventions:
 - Linear kernels are [in, out] (HF stores (out, in); the family's mapping table transposes).
 - Attention heads are batch-first: q/k/v [B, T, H, D]; KV caches [B, S_max, H_kv, D].
-- Parameters carry logical axis names (see `partitioned`); the rule table mapping them to mesh axes lives in
-  slt_jax/train/sharding.py.
-- `dtype` is the compute dtype, `param_dtype` the storage dtype; norms and softmax compute in float32.
+- Parameters carry logical axis names (see `partitioned`); the rule table mapping them to mesh axes is
+  config.sharding.logical_rules (slt_jax/default_config.py), applied by slt_jax/train/sharding.py.
+- `dtype` is the compute dtype, `param_dtype` the storage dtype (`dtypes(config)`); norms and softmax compute in
+  float32.
 - Dropout (`Dropout`, hash-based masks) is active only when `rngs` (an nnx.Rngs with a 'dropout' stream) is
   passed at call time.
 """
@@ -23,6 +24,13 @@ Dtype = Any
 
 LOGICAL_AXES = ('vocab', 'embed', 'mlp', 'heads', 'kv_heads', 'head_dim', 'layers', 'relpos', 'pose_in',
                 'norm', None)
+
+
+def dtypes(config) -> tuple[Dtype, Dtype]:
+  """(compute, parameter) dtypes of a config: parameters (the masters) in model.dtype; bf16 mixed precision
+  (training.mixed_precision='bf16') computes in bfloat16 and keeps them."""
+  param_dtype = jnp.dtype(config.model.dtype)
+  return (jnp.bfloat16 if config.training.mixed_precision == 'bf16' else param_dtype), param_dtype
 
 
 class Buffer(nnx.Variable):
@@ -52,8 +60,7 @@ def matmul(x: jax.Array, w: jax.Array, precision=None) -> jax.Array:
   them is transposed first. Autodiff always transposes g, and XLA's CPU backend fuses g's elementwise
   producers (a gated GELU's gradient, dropout masks) into that transpose: a strided loop several times
   slower than the same work unfused. Transposing the narrower operand moves fewer bytes and, for an
-  MLP's up-projections, transposes x, a plain saved input. The fwd+bwd of T5's gated MLP with dropout at
-  [32, 48, 256] x 1024 took 111 ms instead of autodiff's 198 ms on 2 cores.
+  MLP's up-projections, transposes x, a plain saved input (measured: README, Speed).
   """
   return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), precision=precision)
 
@@ -394,8 +401,7 @@ def add_bias(logits: jax.Array, bias: jax.Array) -> jax.Array:
 
   T5's relative position bias is one [1, H, T, S] table added to every example's logits, so its gradient
   sums [B, H, T, S] over the batch. XLA's CPU backend (YNNPACK) reduces over a leading axis ~8x slower than
-  it multiplies by a ones vector (2 ms against 0.25 ms at [32, 8, 48, 48] on 2 cores), so the backward
-  pass sums the batch as ones[1, B] @ g[B, -1].
+  it multiplies by a ones vector (README, Speed), so the backward pass sums the batch as ones[1, B] @ g[B, -1].
   """
   return logits + bias
 
