@@ -96,10 +96,18 @@ def get_config():
       pose_header='',      # .pose / .poseheader naming the pose's points; '' = the builder's own header.
   ))
   # The embedded synthetic sign language (configs/demo.py turns it on): generated into WORKDIR/data
-  # on first use and the paths above are filled in from it.
+  # on first use and the paths above are filled in from it. The other fields are the generator's knobs
+  # (slt_jax/data/synthetic.py generate_corpus, which says what each does).
   config.data.synthetic = ml_collections.ConfigDict(dict(
       enabled=False, seed=0, vocab_size=120, num_signers=8, num_train=4000, num_val=200, num_test=200,
       noise=0.01, dropout_prob=0.02,
+      # > 0: the last signers never sign training sentences; each val / test sentence is then signed by a
+      # training signer and by a held-out one, scored as the split's corpora seen_signers / unseen_signers
+      # (metrics.json: split -> corpora -> group; predictions uids 'group/uid').
+      num_heldout_signers=0,
+      fps=25.0,                # frame rate of the rendered poses (motion is timed in seconds).
+      layout='reduced',        # reduced (178-point Holistic, pose-format's reduce_holistic) | full (543 points).
+      heldout_pair_frac=0.03,  # share of content-word pairs that co-occur only in val / test sentences.
   ))
   # Several corpora in one run (README "Two-stage training"): NAME -> mixture_corpus(...) below, each with its own
   # source, paths, pose_dir and text column (one keypoint preset reads every layout). Training batches each come
@@ -123,9 +131,13 @@ def get_config():
       frame_dropout=0.05,  # probability of dropping each frame.
       speed=0.2,           # speed change by a factor in [1/(1+speed), 1+speed].
       mirror=False,        # left/right mirror (x -> -x + left/right point swap) with probability 0.5.
+      yaw=0.0,             # max turn of the signer about the vertical axis (radians; x/z mix, xy: x shrinks).
   ))
   config.data.text_column = 'text'        # CSV column holding the target text.
   config.data.hand_normalize = False      # hand points relative to their wrist, in hand-size units.
+  # '' = as recorded | 'right' ('left'): mirror each sequence whose other wrist is held higher, so every signer
+  # reads as right- (left-) handed (slt_jax/data/pose_io.py dominant_side; needs normalize shoulders | minmax).
+  config.data.dominant_hand = ''
   config.data.visibility_channel = False  # append a 0/1 visibility channel to the coordinates (C + 1).
   config.data.label_pad_multiple = 0      # 0: labels padded to max_target_length; n: to the batch's longest, rounded up to n.
   # Processes reading .pose files while building the cache: -1 = one per core (at most 8), 0 or 1 = none (read in
@@ -216,6 +228,27 @@ def get_config():
 
   # --- mesh --------------------------------------------------------------------------------------
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  config.sharding = ml_collections.ConfigDict()
+  # (logical axis name, mesh axes) pairs, as flax lm1b's logical_axis_rules: models name their parameters'
+  # dimensions (slt_jax/models/layers.py LOGICAL_AXES) and the batch; each name maps to a mesh axis, a tuple of
+  # them, or None (replicated). A dimension the axes do not divide stays replicated (slt_jax/train/sharding.py).
+  # Parameters are split over 'fsdp' along their embedding dimension (ZeRO-3 style) and over 'tensor' along
+  # heads / MLP width (Megatron style). Change one per model, e.g. replicate the vocabulary:
+  #   --config.sharding.logical_rules="(('batch', ('data', 'fsdp')), ('embed', 'fsdp'), ('mlp', 'tensor'))"
+  config.sharding.logical_rules = (
+      ('batch', ('data', 'fsdp')),
+      ('vocab', 'tensor'),
+      ('embed', 'fsdp'),
+      ('mlp', 'tensor'),
+      ('heads', 'tensor'),
+      ('kv_heads', 'tensor'),
+      ('head_dim', None),
+      ('layers', None),
+      ('relpos', None),
+      ('pose_in', None),
+      ('norm', None),
+      ('length', None),
+  )
   return config
 
 
@@ -343,6 +376,8 @@ def validate(config, require_data: bool = True) -> None:
         f'data.{"/".join(_SYNTHETIC_PATHS)} at it, which would replace the paths you gave ({flags}). To use '
         'your data, add --config.data.synthetic.enabled=False; to train on the demo corpus, drop those paths.')
   _check_data_shapes(d)
+  _validate_synthetic(d.synthetic)
+  _validate_dominant_hand(d)
   _validate_mixture(d)
   if t.best_metric not in _BEST_METRICS:
     raise ConfigError(f'training.best_metric must be one of {_BEST_METRICS} (validation metrics, the highest value '
@@ -365,6 +400,24 @@ def part_names(value) -> tuple:
   items = (value,) if isinstance(value, str) else tuple(value or ())
   names = [n.strip(' ()[]\'"') for item in items for n in str(item).split(',')]
   return tuple(n for n in names if n)
+
+
+def _validate_dominant_hand(d) -> None:
+  from slt_jax.data import pose_io  # pylint: disable=g-import-not-at-top
+  if d.dominant_hand not in pose_io.DOMINANT_HAND_MODES:
+    raise ConfigError(f"data.dominant_hand must be '' (as recorded), 'right' or 'left', got {d.dominant_hand!r}")
+  if d.dominant_hand and d.normalize == 'none':
+    raise ConfigError(f"data.dominant_hand={d.dominant_hand!r} mirrors about the normalised centre: set "
+                      "data.normalize to 'shoulders' or 'minmax' (it is 'none')")
+
+
+def _validate_synthetic(s) -> None:
+  """data.synthetic's generator knobs (synthetic.check_params), whether or not it is enabled."""
+  from slt_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  try:
+    synthetic.check_params(prefix='data.synthetic.', **{k: v for k, v in s.items() if k != 'enabled'})
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def _validate_mixture(d) -> None:
@@ -498,10 +551,10 @@ def validate_devices(config, num_devices: int, num_processes: int = 1) -> None:
     raise ConfigError(f'config.mesh {sizes} needs {known} devices, but this run has {num_devices}; make the '
                       f'product of the sizes {num_devices}, or set one size to -1')
   _check_batch_divisible(config, sizes['data'] * sizes['fsdp'], sizes)
-  if config.model.padding_free and num_devices > 1:
-    raise ConfigError(f'model.padding_free={config.model.padding_free} runs on one device: its token rows are '
-                      f'gathered across the whole batch, which a mesh of {num_devices} devices splits; set '
-                      'model.padding_free=0')
+  if config.model.padding_free and num_processes > 1:
+    raise ConfigError(f'model.padding_free={config.model.padding_free} runs on one host (any mesh of its '
+                      f'devices): the hosts would need to agree on each batch\'s token counts, which they do not '
+                      f'yet; set model.padding_free=0 for the {num_processes} hosts')
   t = config.training
   for field in ('batch_size', 'eval_batch_size'):
     if t[field] % num_processes:

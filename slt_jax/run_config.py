@@ -21,7 +21,7 @@ FILE = 'config.json'
 MODEL_EXEMPT = ('attention', 'remat', 'padding_free', 'scan_layers')  # same function, other kernels / layout
 _ARCH = 'model.arch.'
 PREPROCESSING = ('keypoints', 'coords', 'normalize', 'max_frames', 'frame_stride', 'hand_normalize',
-                 'visibility_channel', 'trained_tokenizer')
+                 'visibility_channel', 'trained_tokenizer', 'dominant_hand')
 # Where the run's weights come from (slt_jax/train/init_from.py): its frozen parts are not in its checkpoints but
 # loaded from init_from each time, and what its checkpoints hold depends on freeze. Facts of the run: always its own.
 WEIGHTS = ('init_from', 'init_step', 'init_parts', 'freeze')

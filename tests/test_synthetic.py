@@ -150,11 +150,15 @@ def test_signer_variation(corpus):
 
 
 def test_heldout_signers(tmp_path):
+  """The held-out signer signs no training sentence, and each val / test sentence once (its unseen_signers
+  row; tests/test_signers.py checks the groups)."""
   paths = synthetic.generate_corpus(str(tmp_path), **{**TINY, 'num_train': 40, 'num_val': 4,
                                                       'num_test': 4}, num_heldout_signers=1)
   g = _glosses(paths)
   assert all(r['signer'] != '3' for r in g['train'])
-  assert all(r['signer'] == '3' for r in g['val'] + g['test'])
+  for split in ('val', 'test'):
+    assert [r['signer'] == '3' for r in g[split]] == [False] * 4 + [True] * 4
+    assert [r['uid'] for r in g[split] if r['signer'] == '3'] == [f'{split}_unseen_{i:05d}' for i in range(4)]
 
 
 def test_grammar_reorders():

@@ -4,8 +4,8 @@ Two kinds, placed where they are cheapest:
 - `resample_frames` (TF ops, one example, before batching): speed change and frame dropout. They change
   the number of frames T, so they must run before the frames are bucketed and padded (the training
   pipeline draws the same resampling in its numpy batch plan).
-- `spatial_numpy` (a padded batch, after batching): per-example rotation, scale, shear, small Gaussian
-  noise and an optional left/right mirror, vectorised over the batch: one BLAS matmul and a few
+- `spatial_numpy` (a padded batch, after batching): per-example rotation, scale, shear, a turn about the
+  vertical axis (yaw), small Gaussian noise and an optional left/right mirror, vectorised over the batch: one BLAS matmul and a few
   contiguous passes. The training pipeline calls it inside its numpy batch function; `spatial` is the
   same as a TF op. On the CPU, TF kernels for this ([B, T, K, 3] slices, stacks, broadcast selects,
   stateless normals) cost ~10x more (20-30 ms per 32x128x50x3 batch on one thread).
@@ -56,7 +56,7 @@ def resample_frames(points, visible, seed, *, speed: float = 0.0, frame_dropout:
 
 
 def spatial(points, visible, seed, *, rotate: float = 0.0, scale: float = 0.0, shear: float = 0.0,
-            noise: float = 0.0, mirror_perm=None, mirror_prob: float = 0.5):
+            noise: float = 0.0, mirror_perm=None, mirror_prob: float = 0.5, yaw: float = 0.0):
   """Per-example affine jitter (+ optional mirror) of a padded batch, as a TF op (`spatial_numpy` inside).
 
   points: f32[B, T, K, C] (C = 2 or 3), 0 where not visible (pose_io and the pipeline write them so; the
@@ -64,12 +64,14 @@ def spatial(points, visible, seed, *, rotate: float = 0.0, scale: float = 0.0, s
   rotate: max angle (radians) in the image (x, y) plane; scale: max relative isotropic change;
   shear: max x/y shear factor; noise: std of Gaussian noise on visible points (see `_add_noise`);
   mirror_perm: int[K] from `keypoints.mirror_permutation` (None = no mirror), applied with
-  probability mirror_prob. Returns (points, visible) of the same shapes; masked points stay 0.
+  probability mirror_prob; yaw: max turn (radians) of the signer about the vertical (y) axis through the
+  origin, as signers stand at an angle to the camera (x' = x cos + z sin, z' = -x sin + z cos; with C = 2, where
+  z is unknown, x' = x cos). Returns (points, visible) of the same shapes; masked points stay 0.
   """
   points = tf.convert_to_tensor(points, tf.float32)
   visible = tf.convert_to_tensor(visible, tf.bool)
   fn = functools.partial(spatial_numpy, rotate=rotate, scale=scale, shear=shear, noise=noise,
-                         mirror_perm=mirror_perm, mirror_prob=mirror_prob)
+                         mirror_perm=mirror_perm, mirror_prob=mirror_prob, yaw=yaw)
   args = [points, visible, tf.cast(seed, tf.int64)]
   if mirror_perm is None:  # visible is unchanged: do not copy it through numpy
     out = tf.numpy_function(lambda *a: fn(*a)[0], args, tf.float32, stateful=False)
@@ -80,7 +82,8 @@ def spatial(points, visible, seed, *, rotate: float = 0.0, scale: float = 0.0, s
 
 
 def spatial_numpy(points, visible, seed, *, rotate: float = 0.0, scale: float = 0.0, shear: float = 0.0,
-                  noise: float = 0.0, mirror_perm=None, mirror_prob: float = 0.5, inplace: bool = False):
+                  noise: float = 0.0, mirror_perm=None, mirror_prob: float = 0.5, inplace: bool = False,
+                  yaw: float = 0.0):
   """`spatial` on numpy arrays (what the training pipeline's numpy batch function calls).
 
   Same arguments (seed: int[2], e.g. (seed, step)); returns numpy (points, visible). inplace: write into
@@ -99,12 +102,20 @@ def spatial_numpy(points, visible, seed, *, rotate: float = 0.0, scale: float = 
   s += 1.0
   cos, sin = np.cos(angle), np.sin(angle)
   # xy' = s * R(angle) @ [[1, sh_x], [sh_y, 1]] @ F @ xy, z' = s * z, F = diag(-1, 1) on mirrored
-  # examples (whose left/right point swap commutes with this per-point map: done first).
+  # examples (whose left/right point swap commutes with this per-point map: done first); with yaw, the turn
+  # R_y sits between the image-plane map and F.
   m = np.zeros((b, c, c))
   m[:, 0, 0], m[:, 0, 1] = s * (cos - sin * sh_y), s * (cos * sh_x - sin)
   m[:, 1, 0], m[:, 1, 1] = s * (sin + cos * sh_y), s * (sin * sh_x + cos)
   if c == 3:
     m[:, 2, 2] = s
+  if yaw:  # drawn after the other angles, so configs without yaw keep their draws
+    turn = yaw * rng.uniform(-1.0, 1.0, b)
+    r_y = np.zeros((b, c, c))
+    r_y[:, 0, 0], r_y[:, 1, 1] = np.cos(turn), 1.0
+    if c == 3:
+      r_y[:, 0, 2], r_y[:, 2, 0], r_y[:, 2, 2] = np.sin(turn), -np.sin(turn), np.cos(turn)
+    m = m @ r_y  # the turn first, then the image-plane map
   m[flip, :, 0] *= -1.0
   if flip.any():
     perm = np.asarray(mirror_perm)

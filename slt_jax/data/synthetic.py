@@ -4,7 +4,8 @@
                           num_train=4000, num_val=200, num_test=200, noise=0.01, dropout_prob=0.02)
   paths = ensure_corpus(config.data.synthetic, workdir + '/data')   # generates once, then reuses
   # paths = {'train': .../train.csv, 'val': .../val.csv, 'test': .../test.csv, 'pose_dir': .../poses,
-  #          'glosses': .../glosses.csv, 'lexicon': .../lexicon.json}
+  #          'glosses': .../glosses.csv, 'lexicon': .../lexicon.json,
+  #          'groups': {} or, with num_heldout_signers > 0, {'seen_signers': {'val': .., 'test': ..}, 'unseen_signers': ..}}
 
 Each split CSV is `uid,text` (the seed layout); the pose of a row is `pose_dir/uid.pose`, written with
 pose-format (`Pose` + `NumPyPoseBody`) under `keypoints.holistic_header` (the reduced 178-point layout
@@ -58,8 +59,12 @@ hand-frames on average, more while the hands rest low) are added.
 Splits: val and test sentences each contain a pair of content words that never co-occur in training
 (held-out combinations, one pair set per split), and only use words seen in training; the first training
 sentences cover every word (val/test also use only English words seen in training).
-`num_heldout_signers` > 0 keeps the last signers for val/test only.
+`num_heldout_signers` > 0 keeps the last signers out of training, and then signs every val/test sentence twice:
+by a training signer (uid `val_seen_00007`, listed in `val_seen_signers.csv`) and by a held-out one
+(`val_unseen_00007`, `val_unseen_signers.csv`); `val.csv` holds both, and `paths['groups']` names the group CSVs
+(`inputs.resolve_data_paths` scores each group as a data.mixture corpus of the split).
 """
+import collections
 import concurrent.futures
 import csv
 import fcntl
@@ -953,10 +958,92 @@ def _params(seed, vocab_size, num_signers, num_train, num_val, num_test, noise, 
               heldout_pair_frac=float(heldout_pair_frac))
 
 
-def _paths(out_dir):
+# With held-out signers every val / test sentence is signed twice, once by each group (named as data.mixture
+# corpora: inputs.resolve_data_paths scores each group as a corpus of the split).
+SIGNER_GROUPS = ('seen_signers', 'unseen_signers')
+
+
+# The knobs of generate_corpus (config.data.synthetic holds each, plus `enabled`) and their defaults.
+DEFAULTS = dict(seed=0, vocab_size=120, num_signers=8, num_train=4000, num_val=200, num_test=200, noise=0.01,
+                dropout_prob=0.02, num_heldout_signers=0, fps=25.0, layout='reduced', heldout_pair_frac=0.03)
+
+
+def check_params(prefix: str = 'synthetic corpus parameter ', **params) -> None:
+  """Raises ValueError naming (after `prefix`) the first knob of generate_corpus (DEFAULTS) whose value cannot
+  make a corpus."""
+  unknown = sorted(set(params) - set(DEFAULTS))
+  if unknown:
+    raise ValueError(f'unknown {prefix}{unknown}; the generator takes {sorted(DEFAULTS)}')
+  p = {**DEFAULTS, **params}
+  problems = (
+      ('vocab_size', 20 <= p['vocab_size'] <= MAX_VOCAB, f'a number of signs in [20, {MAX_VOCAB}]'),
+      ('num_signers', p['num_signers'] >= 1, '>= 1'),
+      ('num_heldout_signers', 0 <= p['num_heldout_signers'] < p['num_signers'],
+       f"in [0, num_signers - 1 = {p['num_signers'] - 1}] (at least one signer must sign the training split)"),
+      ('num_train', p['num_train'] >= 1, '>= 1 sentence'),
+      ('num_val', p['num_val'] >= 0, '>= 0 sentences'),
+      ('num_test', p['num_test'] >= 0, '>= 0 sentences'),
+      ('noise', p['noise'] >= 0, '>= 0 (keypoint noise std, in shoulder widths)'),
+      ('dropout_prob', 0 <= p['dropout_prob'] < 1, 'in [0, 1) (the fraction of hand-frames not detected)'),
+      ('fps', p['fps'] > 0, '> 0 frames per second'),
+      ('layout', p['layout'] in ('reduced', 'full'), "'reduced' (178 points) or 'full' (543)"),
+      ('heldout_pair_frac', 0 <= p['heldout_pair_frac'] <= 1,
+       'in [0, 1] (the share of content-word pairs kept out of training)'),
+  )
+  for name, ok, want in problems:
+    if not ok:
+      raise ValueError(f'{prefix}{name} must be {want}, got {p[name]!r}')
+
+
+def _paths(out_dir, heldout_signers: bool = False):
+  groups = {g: {s: os.path.join(out_dir, f'{s}_{g}.csv') for s in ('val', 'test')}
+            for g in (SIGNER_GROUPS if heldout_signers else ())}
   return dict(train=os.path.join(out_dir, 'train.csv'), val=os.path.join(out_dir, 'val.csv'),
               test=os.path.join(out_dir, 'test.csv'), pose_dir=os.path.join(out_dir, 'poses'),
-              glosses=os.path.join(out_dir, 'glosses.csv'), lexicon=os.path.join(out_dir, 'lexicon.json'))
+              glosses=os.path.join(out_dir, 'glosses.csv'), lexicon=os.path.join(out_dir, 'lexicon.json'),
+              groups=groups)
+
+
+class _Job(collections.namedtuple('_Job', 'split_id index ids signer signer_range group')):
+  """One example to render: sentence `index` of split `split_id` (sign ids `ids`) by `signer`, drawn from
+  `signer_range` (lo, hi) by the example's RNG; group: '' or one of SIGNER_GROUPS."""
+
+  @property
+  def uid(self) -> str:
+    split = ('train', 'val', 'test')[self.split_id]
+    return f"{split}_{self.group.split('_')[0]}_{self.index:05d}" if self.group else f'{split}_{self.index:05d}'
+
+  def rng(self, seed: int) -> np.random.Generator:
+    """The example's RNG: (seed, split, index), plus a stream of its own for the held-out signer's rendering."""
+    return np.random.default_rng([seed, 3, self.split_id, self.index] + ([1] if self.group == SIGNER_GROUPS[1]
+                                                                          else []))
+
+
+def _jobs(sentences: dict, seed: int, num_signers: int, num_heldout_signers: int) -> list:
+  """The examples of the corpus in file order: training sentences by the training signers (the first
+  num_signers - num_heldout_signers); val / test sentences by any signer, or, with held-out signers, each twice:
+  by a training signer (group seen_signers, then) by a held-out one (unseen_signers)."""
+  n_train = num_signers - num_heldout_signers
+  jobs = []
+  for split_id, split in enumerate(('train', 'val', 'test')):
+    if split == 'train':
+      kinds = [('', (0, n_train))]
+    elif num_heldout_signers:
+      kinds = list(zip(SIGNER_GROUPS, ((0, n_train), (n_train, num_signers))))
+    else:
+      kinds = [('', (0, num_signers))]
+    for group, signer_range in kinds:
+      for i, s in enumerate(sentences[split]):
+        job = _Job(split_id, i, s['ids'], -1, signer_range, group)
+        jobs.append(job._replace(signer=int(job.rng(seed).integers(*signer_range))))
+  return jobs
+
+
+def _write_csv(path: str, rows: list) -> None:
+  with open(path, 'w', newline='') as f:
+    w = csv.writer(f, lineterminator='\n')
+    w.writerow(('uid', 'text'))
+    w.writerows(rows)
 
 
 def generate_corpus(out_dir, *, seed=0, vocab_size=120, num_signers=8, num_train=4000, num_val=200,
@@ -965,19 +1052,19 @@ def generate_corpus(out_dir, *, seed=0, vocab_size=120, num_signers=8, num_train
   """Writes a corpus into out_dir and returns its paths (see the module docstring).
 
   seed: everything derives from it. vocab_size: number of signs. num_signers: signers drawn per
-  sentence; the last `num_heldout_signers` of them sign only val/test. noise: keypoint noise std in
+  sentence; the last `num_heldout_signers` of them sign only val/test (each val/test sentence is then signed
+  by a training signer and by a held-out one: `paths['groups']`). noise: keypoint noise std in
   shoulder widths. dropout_prob: fraction of hand-frames with a dropped detection. fps: frame rate
   (motion is timed for 25 fps and rescaled to it). layout: 'reduced'
   (178-point Holistic, as pose-format's reduce_holistic) or 'full' (543 points).
   """
-  if layout not in ('reduced', 'full'):
-    raise ValueError(f"layout must be 'reduced' or 'full', got {layout!r}")
-  if not 0 <= num_heldout_signers < num_signers:
-    raise ValueError('need 0 <= num_heldout_signers < num_signers')
+  check_params(vocab_size=vocab_size, num_signers=num_signers, num_train=num_train, num_val=num_val,
+               num_test=num_test, noise=noise, dropout_prob=dropout_prob, num_heldout_signers=num_heldout_signers,
+               fps=fps, layout=layout, heldout_pair_frac=heldout_pair_frac)
   params = _params(seed, vocab_size, num_signers, num_train, num_val, num_test, noise, dropout_prob,
                    num_heldout_signers, fps, layout, heldout_pair_frac)
   start = time.time()
-  paths = _paths(out_dir)
+  paths = _paths(out_dir, num_heldout_signers > 0)
   marker = os.path.join(out_dir, MARKER)
   if os.path.exists(marker):
     os.remove(marker)
@@ -988,14 +1075,7 @@ def generate_corpus(out_dir, *, seed=0, vocab_size=120, num_signers=8, num_train
   words = build_lexicon(seed, vocab_size)
   sentences = make_sentences(words, seed, num_train, num_val, num_test, heldout_pair_frac)
   signers = make_signers(seed, num_signers)
-  n_train_signers = num_signers - num_heldout_signers
-  jobs = []  # (split_id, index, sentence ids, signer, signer range) in file order
-  for split_id, split in enumerate(('train', 'val', 'test')):
-    for i, s in enumerate(sentences[split]):
-      rng = np.random.default_rng([seed, 3, split_id, i])
-      lo = 0 if split == 'train' or num_heldout_signers == 0 else n_train_signers
-      hi = n_train_signers if split == 'train' else num_signers
-      jobs.append((split_id, i, s['ids'], int(rng.integers(lo, hi)), (lo, hi)))
+  jobs = _jobs(sentences, seed, num_signers, num_heldout_signers)
   render = dict(words=words, signers=signers, seed=seed, noise=noise, dropout_prob=dropout_prob, fps=fps,
                 layout=layout, pose_dir=paths['pose_dir'])
   workers = min(os.cpu_count() or 1, 8) if len(jobs) >= 500 else 1
@@ -1016,20 +1096,19 @@ def generate_corpus(out_dir, *, seed=0, vocab_size=120, num_signers=8, num_train
       spans = _render_jobs(render, jobs)
   gloss_rows = []
   for split_id, split in enumerate(('train', 'val', 'test')):
-    rows = []
-    for (sid, i, ids, who, _), sign_spans in zip(jobs, spans):
-      if sid != split_id:
+    rows = {}  # signer group ('' without held-out signers) -> [(uid, text)]
+    for job, sign_spans in zip(jobs, spans):
+      if job.split_id != split_id:
         continue
-      uid = f'{split}_{i:05d}'
-      rows.append((uid, sentences[split][i]['text']))
-      gloss_rows.append((uid, split, who, ' '.join(words[j]['gloss'] for j in ids),
+      rows.setdefault(job.group, []).append((job.uid, sentences[split][job.index]['text']))
+      gloss_rows.append((job.uid, split, job.signer, ' '.join(words[j]['gloss'] for j in job.ids),
                          ' '.join(f'{a}:{b}' for a, b in sign_spans)))
-    with open(paths[split], 'w', newline='') as f:
-      w = csv.writer(f, lineterminator='\n')
-      w.writerow(('uid', 'text'))
-      w.writerows(rows)
+    _write_csv(paths[split], [r for group_rows in rows.values() for r in group_rows])
+    for group, group_rows in rows.items():
+      if group:
+        _write_csv(paths['groups'][group][split], group_rows)
     if verbose:
-      print(f'{split}: {len(rows)} examples, {time.time() - start:.1f}s', flush=True)
+      print(f'{split}: {sum(map(len, rows.values()))} examples, {time.time() - start:.1f}s', flush=True)
   with open(paths['glosses'], 'w', newline='') as f:
     w = csv.writer(f, lineterminator='\n')
     w.writerow(('uid', 'split', 'signer', 'gloss', 'spans'))
@@ -1042,21 +1121,20 @@ def generate_corpus(out_dir, *, seed=0, vocab_size=120, num_signers=8, num_train
 
 
 def _render_jobs(render: dict, jobs: list) -> list:
-  """Renders and writes the .pose files of `jobs` [(split_id, index, sign ids, signer, (lo, hi))]; returns
+  """Renders and writes the .pose files of `jobs` [_Job]; returns
   their sign spans. The RNG of an example is seeded by (seed, split, index) alone, so any split of the jobs over
   processes writes the same files."""
   header = keypoints.holistic_header(width=512, height=512, depth=512, reduced=render['layout'] == 'reduced')
   lay = _Layout(header)
   out = []
-  for split_id, i, ids, who, signer_range in jobs:
-    rng = np.random.default_rng([render['seed'], 3, split_id, i])
-    rng.integers(*signer_range)  # replays the draw that picked the signer: the rest of the stream follows it
-    data, conf, spans = render_pose(render['words'], ids, render['signers'][who], lay, rng, render['noise'],
-                                    render['dropout_prob'], render['fps'])
+  for job in jobs:
+    rng = job.rng(render['seed'])
+    rng.integers(*job.signer_range)  # replays the draw that picked the signer: the rest of the stream follows it
+    data, conf, spans = render_pose(render['words'], job.ids, render['signers'][job.signer], lay, rng,
+                                    render['noise'], render['dropout_prob'], render['fps'])
     buf = io.BytesIO()
     Pose(header, NumPyPoseBody(render['fps'], data, conf)).write(buf)
-    uid = f"{('train', 'val', 'test')[split_id]}_{i:05d}"
-    with open(os.path.join(render['pose_dir'], uid + '.pose'), 'wb') as f:
+    with open(os.path.join(render['pose_dir'], job.uid + '.pose'), 'wb') as f:
       f.write(buf.getvalue())
     out.append(spans)
   return out
@@ -1076,8 +1154,9 @@ def ensure_corpus(synthetic_config, out_dir) -> dict:
   last) holds the same parameters. Processes on one host wait for each other on a lock file.
   """
   kwargs = {k: v for k, v in dict(synthetic_config).items() if k != 'enabled'}
-  defaults = dict(num_heldout_signers=0, fps=25.0, layout='reduced', heldout_pair_frac=0.03)
-  params = _params(**{**defaults, **kwargs})
+  check_params(**kwargs)
+  kwargs = {**DEFAULTS, **kwargs}
+  params = _params(**kwargs)
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, '.lock'), 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
@@ -1085,5 +1164,5 @@ def ensure_corpus(synthetic_config, out_dir) -> dict:
     if os.path.exists(marker):
       with open(marker) as f:
         if json.load(f) == params:
-          return _paths(out_dir)
+          return _paths(out_dir, params['num_heldout_signers'] > 0)
     return generate_corpus(out_dir, **kwargs)
