@@ -68,6 +68,8 @@ def get_config():
   config.model.bidirectional_prompt = False
   # Decoder-only built from `arch` (random init): dropout on the LLM's inputs and each sublayer's output.
   config.model.llm_dropout = 0.0
+  # Decoder-only: an RMSNorm ends the projector, its scale starting at the RMS of the LLM's token embeddings.
+  config.model.projector_norm = False
 
   # --- data --------------------------------------------------------------------------------------
   config.data = ml_collections.ConfigDict()

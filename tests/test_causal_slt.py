@@ -18,6 +18,7 @@ import tiny_decoders
 from test_slt import _check_padding_free_matches_padded  # pylint: disable=g-bad-import-order
 from slt_jax import decode, default_config
 from slt_jax.models import causal_slt, layers, slt
+from slt_jax.train import init_from
 from slt_jax.train import step as step_lib
 
 FAMILIES = ('llama3', 'mistral', 'qwen2', 'gemma')
@@ -237,3 +238,35 @@ def test_greedy_translation_from_poses(trained_qwen2):
   out = np.asarray(nnx.jit(decode.greedy, static_argnums=3)(model, batch['poses'], batch['pose_mask'], 8))
   np.testing.assert_array_equal(out[0], [5, 6, 7, 8, EOS, PAD, PAD, PAD])
   np.testing.assert_array_equal(out[1], [9, 10, EOS, PAD, PAD, PAD, PAD, PAD])
+
+
+# --- the projector's output scale ------------------------------------------------------------------------
+
+_ARCH = dict(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, bos_token_id=1, eos_token_id=2)
+
+
+@pytest.mark.parametrize('family', ['llama', 'gemma'])
+def test_projector_norm_puts_the_poses_at_the_token_embeddings_rms(family):
+  """model.projector_norm: every real pose embedding starts at the RMS of the LLM's token embeddings (Gemma's
+  sqrt(hidden) scaling included), where the bare projector's output is many times larger."""
+  batch = _batch()
+  rms = {}
+  for norm in (False, True):
+    config = _config(family=family, projector_norm=norm)
+    config.model.arch = _ARCH
+    model = _build(config)
+    pose, mask = model.encoder(batch['poses'], batch['pose_mask'])
+    rms[norm] = np.sqrt(np.mean(np.square(np.asarray(pose)[np.asarray(mask)]), axis=-1))   # per position
+    tokens = np.asarray(model.lm.embed(jnp.arange(_ARCH['vocab_size'])[None]))
+  token_rms = np.sqrt(np.mean(np.square(tokens)))
+  np.testing.assert_allclose(rms[True], token_rms, rtol=1e-3)
+  assert rms[False].mean() > 4 * token_rms
+  assert init_from.part_of(('encoder', 'out_norm', 'scale')) == 'projector'  # trained / frozen as the projector
+
+
+def test_projector_norm_on_an_encoder_decoder_is_an_error():
+  config = _config(family='t5', projector_norm=True)
+  config.model.arch = dict(d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=1, num_decoder_layers=1)
+  with pytest.raises(ValueError, match='model.projector_norm'):
+    _build(config)

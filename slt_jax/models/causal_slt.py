@@ -62,7 +62,8 @@ class PoseEncoder(nnx.Module):
   """Front end -> transformer layers -> projector: poses -> embeddings in the LLM's input space."""
 
   def __init__(self, pose_dim: int, llm_dim: int, *, hidden: int, conv_layers: int, conv_stride: int,
-               num_layers: int, num_heads: int, dropout: float, dtype, param_dtype, rngs: nnx.Rngs):
+               num_layers: int, num_heads: int, dropout: float, dtype, param_dtype, rngs: nnx.Rngs,
+               out_rms=None):
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     if hidden % num_heads:
       raise ValueError(f'model.pose.hidden={hidden} is not a multiple of model.pose_encoder.num_heads={num_heads}')
@@ -76,6 +77,11 @@ class PoseEncoder(nnx.Module):
     # LLaVA-style projector; logical names as an MLP so the big (llm_dim) side shards like the LLM's.
     self.proj_in = L.dense(hidden, llm_dim, ('embed', 'mlp'), use_bias=True, rngs=rngs, **kw)
     self.proj_out = L.dense(llm_dim, llm_dim, ('mlp', 'embed'), use_bias=True, rngs=rngs, **kw)
+    # model.projector_norm (out_rms = embedding_rms(lm)): the pose embeddings start at the RMS of the LLM's token
+    # embeddings, not ~30x above them (a random LLM's are initializer_range-small), and learn their scale.
+    self.out_norm = None if out_rms is None else L.RMSNorm(llm_dim, **kw)
+    if out_rms is not None:
+      self.out_norm.scale[...] = jnp.broadcast_to(jnp.asarray(out_rms, param_dtype), (llm_dim,))
 
   def __call__(self, poses, pose_mask, rngs=None):
     """poses f32[B, T, K, C], pose_mask bool[B, T] -> (x [B, T', llm_dim], mask bool[B, T'])."""
@@ -84,6 +90,8 @@ class PoseEncoder(nnx.Module):
     body = lambda layer, h, _, r: (layer(h, L.key_mask(mask), rot, r), None)
     x, _ = L.apply_layers(self.layers, body, x, num_layers=self.num_layers, scan=False, rngs=rngs)
     x = self.proj_out(jax.nn.gelu(self.proj_in(self.norm(x))))
+    if self.out_norm is not None:
+      x = self.out_norm(x)
     return jnp.where(mask[..., None], x, 0), mask
 
 
@@ -232,6 +240,13 @@ def lm_config(config, tokenizer=None) -> decoder.DecoderConfig:
   return hf.with_tokenizer_ids(cfg, tokenizer) if tokenizer is not None and not mc.name else cfg
 
 
+def embedding_rms(lm: decoder.Decoder) -> jax.Array:
+  """f32[]: the RMS of the LLM's input token embeddings (Gemma's sqrt(hidden) scaling included)."""
+  e = lm.embed_tokens.embedding[...].astype(jnp.float32)
+  rms = jnp.sqrt(jnp.mean(jnp.square(e)))
+  return rms * math.sqrt(lm.config.hidden_size) if lm.config.scale_embeddings else rms
+
+
 def _first(ids):
   return ids[0] if isinstance(ids, (tuple, list)) else ids
 
@@ -271,7 +286,7 @@ def build_causal_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, t
       pose_dim, cfg.hidden_size, hidden=mc.pose.hidden, conv_layers=mc.pose.conv_layers,
       conv_stride=mc.pose.conv_stride, num_layers=mc.pose_encoder.num_layers,
       num_heads=mc.pose_encoder.num_heads, dropout=mc.pose.dropout, dtype=dtype, param_dtype=param_dtype,
-      rngs=rngs)
+      rngs=rngs, out_rms=embedding_rms(lm) if mc.get('projector_norm', False) else None)
   return CausalSLT(lm, encoder, eos_id=eos, pad_id=eos if pad is None else pad, prefix_ids=prefix,
                    suffix_ids=suffix, bidirectional_prompt=mc.get('bidirectional_prompt', False), rngs=rngs)
 

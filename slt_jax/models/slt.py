@@ -187,6 +187,9 @@ def _build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, tokeniz
   mc = config.model
   if not registry.is_seq2seq(_family(config)):
     return causal_slt.build_causal_model(config, vocab_size, pose_dim, rngs, tokenizer=tokenizer)
+  if mc.get('projector_norm', False):
+    raise ValueError(f'model.projector_norm=True normalises the projector of a decoder-only model, and '
+                     f'{_family(config)!r} is an encoder-decoder (no projector): set it to False')
   if mc.name and tokenizer is not None:  # before loading the weights
     hf.check_tokenizer_eos(mc.name, tokenizer, mc.tokenizer or 'the checkpoint\'s')
   lm, family = build_lm(config, vocab_size, rngs, tokenizer)

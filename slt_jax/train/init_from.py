@@ -7,7 +7,7 @@
 The parts of an SLT model, by parameter path (`part_of`):
   pose_frontend  Seq2SeqSLT `frontend/...`, CausalSLT `encoder/frontend/...`: keypoints -> frame features
   pose_encoder   CausalSLT `encoder/layers/...`, `encoder/norm`: the transformer layers over the frames
-  projector      CausalSLT `encoder/proj_in`, `encoder/proj_out`, `answer_start`: into the LLM's input space
+  projector      CausalSLT `encoder/proj_in`, `proj_out`, `out_norm`, `answer_start`: into the LLM's input space
   backbone       `lm/...` except the adapters: the text model (T5 / BART / the LLM)
   adapters       `lm/.../lora_a`, `lora_b`: the LoRA adapters (model.use_lora)
 
@@ -52,7 +52,7 @@ def part_of(path) -> str:
       return 'pose_frontend'
     if keys[1] in ('layers', 'norm'):
       return 'pose_encoder'
-    if keys[1] in ('proj_in', 'proj_out'):
+    if keys[1] in ('proj_in', 'proj_out', 'out_norm'):
       return 'projector'
   if keys == ('answer_start',):  # CausalSLT's learned embedding after the poses, in the LLM's input space
     return 'projector'
