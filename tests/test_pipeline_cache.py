@@ -189,7 +189,7 @@ def test_build_killed_while_writing_shards_keeps_the_finished_shard(corpus, orac
 
 
 def test_chunks_of_another_chunking_are_not_reused(corpus, oracle, tmp_path, monkeypatch):
-  """A partial build whose manifest does not match (here: another CHUNK_ROWS) starts again."""
+  """A partial build whose manifest does not match (here: another CHUNK_ROWS) starts again, shards and all."""
   real_read_chunk = sources.read_chunk
   done = []
 
@@ -201,6 +201,9 @@ def test_chunks_of_another_chunking_are_not_reused(corpus, oracle, tmp_path, mon
   monkeypatch.setattr(sources, 'read_chunk', read_chunk)
   with pytest.raises(_Killed):
     _build(_config(corpus), tmp_path)
+  [partial] = glob.glob(str(tmp_path / 'train-*.partial'))
+  with open(os.path.join(partial, 'data-00000-of-00002.tfrecord'), 'wb') as f:  # a shard made of those chunks
+    f.write(b'stale')
   monkeypatch.setattr(sources, 'read_chunk', real_read_chunk)
   monkeypatch.setattr(sources, 'CHUNK_ROWS', 5)
   reads = _count_reads(monkeypatch)
@@ -226,3 +229,19 @@ def test_negative_max_in_memory_gb_is_an_error(corpus):
   config.data.max_in_memory_gb = -1
   with pytest.raises(default_config.ConfigError, match=r'data.max_in_memory_gb must be >= 0.*got -1'):
     default_config.validate(config)
+
+
+def test_global_batches_are_the_same_on_any_number_of_hosts(corpus, tmp_path):
+  """Batch k of one host == the rows of batch k of two hosts, one after the other, augmentations included."""
+  config = _config(corpus)
+  config.training.batch_size = 4
+  config.data.augmentations.mirror = True
+  tokenizer = tok_lib.get_tokenizer(config, str(tmp_path))
+  one, *two = [pipeline.make_datasets(config, tokenizer, str(tmp_path), splits=['train'], shard_index=h,
+                                      num_shards=n)['train'] for h, n in ((0, 1), (0, 2), (1, 2))]
+  streams = [train.iterator(start_step=3) for train in [one] + two]
+  for step in range(3, 9):  # (4 batches per epoch: into the second epoch)
+    whole, first, second = (next(s) for s in streams)
+    assert first['poses'].shape[0] == 2
+    for key in whole:
+      np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), whole[key], err_msg=f'{step} {key}')

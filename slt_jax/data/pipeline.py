@@ -362,6 +362,7 @@ def _write_cache(split, source: _Source, path: str) -> _Cache:
   examples = source.load(partial)
   rows, skipped = examples.rows, examples.skipped
   if not rows:
+    shutil.rmtree(partial, ignore_errors=True)  # (nothing of it is of use)
     raise sources.NoUsableRowsError(f'{split}: no usable rows in {source.where}; skipped: '
                                     f'{ {k: len(v) for k, v in skipped.items() if v} }')
   total = int(np.sum(examples.nbytes))
@@ -378,6 +379,8 @@ def _write_cache(split, source: _Source, path: str) -> _Cache:
   with open(meta_path + '.tmp', 'w') as f:
     json.dump(meta, f, ensure_ascii=False)
   examples.remove()  # (the chunk files: the shards hold the examples now)
+  for name in set(os.listdir(partial)) - set(files) - {'meta.json.tmp'}:  # (shards of another layout)
+    os.remove(os.path.join(partial, name))
   os.replace(meta_path + '.tmp', meta_path)
   if os.path.exists(path):  # a folder without meta.json (an older build's leftovers): never used
     shutil.rmtree(path)
@@ -787,7 +790,8 @@ def _train_split(config, tokenizer, caches, shard_index, num_shards) -> SplitDat
   if aug:
     spatial = functools.partial(
         augment.spatial_numpy, rotate=aug.get('rotate', 0.0), scale=aug.get('scale', 0.0),
-        shear=aug.get('shear', 0.0), noise=aug.get('noise', 0.0), mirror_perm=mirror_perm, inplace=True)
+        shear=aug.get('shear', 0.0), noise=aug.get('noise', 0.0), mirror_perm=mirror_perm, inplace=True,
+        yaw=aug.get('yaw', 0.0))
 
     def batch_fn(step):
       """The plan's batch `step` augmented in place (its fresh arrays), each row seeded by (seed, step, its row

@@ -336,8 +336,8 @@ def read_chunks(rows: list[Row], options: pose_io.PoseOptions, folder: str, *, n
 
 
 def _start_manifest(folder: str, rows: list[Row], options: pose_io.PoseOptions, chunk_rows: int):
-  """Keeps the chunk files of an earlier run on the same rows, options and chunking; removes any other chunks
-  and the temporary files of killed writes."""
+  """Keeps the files of an earlier run on the same rows, options and chunking, less the temporary files of killed
+  writes; else empties the folder (the build's own: its chunks and what was made of them)."""
   h = hashlib.sha256(json.dumps([[r.uid, r.pose_path] for r in rows]).encode())
   manifest = {'format': _CHUNK_FORMAT, 'chunk_rows': chunk_rows, 'num_rows': len(rows),
               'rows_sha256': h.hexdigest(), 'options': options.fingerprint()}
@@ -348,7 +348,7 @@ def _start_manifest(folder: str, rows: list[Row], options: pose_io.PoseOptions, 
   except (OSError, ValueError):
     same = False
   for name in os.listdir(folder):
-    if '.tmp-' in name or (not same and name.startswith('chunk-')):
+    if '.tmp-' in name or not same:
       os.remove(os.path.join(folder, name))
   if same:
     return
