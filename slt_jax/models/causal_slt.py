@@ -144,7 +144,7 @@ class CausalSLT(nnx.Module):
     return jnp.concatenate([x, targets], axis=1), mask, x.shape[1]
 
   def __call__(self, batch: dict, rngs: Optional[nnx.Rngs] = None) -> jax.Array:
-    """Teacher forcing: batch['poses'], ['pose_mask'], ['labels'] i32[B, L] -> logits f32[B, L, V]."""
+    """Teacher forcing: batch (a contract.Batch: poses, pose_mask, labels i32[B, L]) -> logits f32[B, L, V]."""
     x, mask, p = self._sequence(batch, rngs)
     l = batch['labels'].shape[1]
     # The padding after EOS only feeds positions after it (causal), whose loss is masked.

@@ -82,7 +82,7 @@ class Seq2SeqSLT(nnx.Module):
     return logits, dec_rows
 
   def __call__(self, batch: dict, rngs: Optional[nnx.Rngs] = None) -> jax.Array:
-    """Teacher forcing: batch['poses'], ['pose_mask'], ['labels'] i32[B, L] -> logits f32[B, L, V]."""
+    """Teacher forcing: batch (a contract.Batch: poses, pose_mask, labels i32[B, L]) -> logits f32[B, L, V]."""
     logits, _ = self._teacher_forced(batch, rngs, None)
     return logits[:, len(self.decoder_prefix) - 1:]
 
