@@ -2,9 +2,10 @@
 
 - global_batch: hosts whose local batches differ in frame count (bucketed separately) still build one global
   batch (padded to the largest host's shape) with each host's rows in place.
-- The demo config trained by two processes started through scripts/launch_multihost.sh: both finish, only
-  process 0 writes summaries and metrics, each host reads its share of the data, and the training losses equal
-  those of a single-process run on the same global batches.
+- The demo config trained by two processes x two devices started through scripts/launch_multihost.sh: both
+  finish, only process 0 writes summaries and metrics, each host takes its rows of each global batch, and the
+  training losses equal those of one process x four devices: the global batches are a function of (seed, step)
+  alone, whatever the number of hosts.
 Every child process runs in its own session and is killed (with its group) if the test times out or fails.
 """
 import contextlib
@@ -12,6 +13,7 @@ import glob
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -134,12 +136,11 @@ def test_global_batch_pads_host_batches_to_one_shape(tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 # The demo config, trained by two processes through the launcher vs by one process.
 # ------------------------------------------------------------------------------------------------------------
-# Tiny, and the same global batch whatever the number of hosts: the training split has exactly one global
-# batch of examples (host h reads rows h, h + 2, ...: half of them), so every step's global batch holds all 8
-# (in a host-dependent order, which the token-mean loss does not see); no augmentation, no dropout.
+# Tiny: 3 global batches of 8 per epoch (host h takes rows 4h..4h+3 of each), with the training augmentations
+# (speed, frame dropout and the spatial ones, each row's seeded by its place in the global batch); no dropout.
 OVERRIDES = [
-    '--config.data.synthetic.num_train=8', '--config.data.synthetic.num_val=8',
-    '--config.data.synthetic.num_test=8', '--config.data.max_frames=48', '--config.data.augment=False',
+    '--config.data.synthetic.num_train=24', '--config.data.synthetic.num_val=8',
+    '--config.data.synthetic.num_test=8', '--config.data.max_frames=48', '--config.data.augment=True',
     '--config.model.arch.d_model=32', '--config.model.arch.d_kv=8', '--config.model.arch.num_heads=4',
     '--config.model.arch.d_ff=64', '--config.model.arch.num_layers=1', '--config.model.arch.num_decoder_layers=1',
     '--config.model.arch.dropout_rate=0.0', '--config.model.pose.hidden=32', '--config.model.pose.dropout=0.0',
@@ -177,7 +178,7 @@ def test_two_processes_through_the_launcher_match_one(tmp_path):
                          logs[-1], env=_env()))
     logs.append(str(tmp_path / 'single.log'))
     procs.append(start([sys.executable, '-m', 'slt_jax.main', '--config=configs/demo.py', f'--workdir={single}',
-                        '--num_local_cpu_devices=1'] + OVERRIDES, logs[-1], env=_env()))
+                        '--num_local_cpu_devices=4'] + OVERRIDES, logs[-1], env=_env()))
     _wait_all(procs, logs, timeout=900)
     host_pids = [p.pid for p in procs[:2]]  # `exec python` in the launcher: these are the trainers' pids
 
@@ -187,8 +188,12 @@ def test_two_processes_through_the_launcher_match_one(tmp_path):
   assert (multi / 'metrics.json').exists() and (multi / 'predictions_test.tsv').exists()
   host0, host1 = _tail(logs[0], 100_000), _tail(logs[1], 100_000)
   assert 'step 3/3' in host0 and 'step 3/3' not in host1  # process 1 only warns
-  # Each host reads its share of the training split: 4 of the 8 examples (the single process: all 8).
-  assert 'train (host 0): 4 examples' in host0 and 'train (host 0): 8 examples' in _tail(logs[2], 100_000)
+  # Each host holds every training example (> one global batch) and takes its 4 rows of each global batch of 8 (one
+  # process: all 8).
+  found = [re.findall(r'train(?: \w+)? \(host 0\): (\d+) examples, (\d+) batches of 8 per epoch \(this host: rows (\d+-\d+)',
+                      text) for text in (host0, _tail(logs[2], 100_000))]
+  assert found[0] and found[1] and found[0][0][:2] == found[1][0][:2] and int(found[0][0][1]) > 1, found
+  assert (found[0][0][2], found[1][0][2]) == ('0-3', '0-7'), found
   # Both hosts wrote the collective checkpoint; the single-process run gives the same step layout.
   assert sorted(os.listdir(multi / 'checkpoints')) == sorted(os.listdir(single / 'checkpoints')) == ['3']
 
