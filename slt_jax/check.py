@@ -17,10 +17,10 @@ from absl import logging
 from flax import nnx
 
 from slt_jax import default_config
-from slt_jax.models import lora, slt
-from slt_jax.train import init_from as init_from_lib
+from slt_jax.models import contract, lora, slt
 from slt_jax.train import optim
 from slt_jax.train import sharding as sharding_lib
+from slt_jax.train import state as state_lib
 from slt_jax.train import step as step_lib
 
 
@@ -37,10 +37,6 @@ def _per_device_bytes(abstract_tree) -> int:
     shape = leaf.sharding.shard_shape(leaf.shape) if getattr(leaf, 'sharding', None) is not None else leaf.shape
     total += _nbytes(shape, leaf.dtype)
   return total
-
-
-def _count(tree) -> int:
-  return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))
 
 
 def _data_report(config) -> dict:
@@ -93,22 +89,16 @@ def memory_plan(config, graphdef, state, rest, state_shardings, tx, mesh, batch_
   """Per-device bytes of the jitted train step, from XLA's compiled memory analysis on abstract inputs.
 
   `state` and `rest` are ShapeDtypeStructs carrying their shardings (create_sharded_state(abstract=True)).
+  With model.padding_free the plan is of the largest step the trainer compiles for these shapes: its
+  TokenCounts (counted as the trainer counts them) of a batch whose every frame and token is real.
   """
   k, c = pose_shape
-  batch_sharding = sharding_lib.batch_sharding(mesh)
-  shapes = {'poses': ((batch_size, frames, k, c), jnp.float32), 'pose_mask': ((batch_size, frames), jnp.bool_),
-            'labels': ((batch_size, target_len), jnp.int32), 'label_mask': ((batch_size, target_len), jnp.bool_),
-            'example_mask': ((batch_size,), jnp.bool_)}
-  batch = {name: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for name, (shape, dtype) in shapes.items()}
-  t = config.training
-  # The trainer's step (sharding.jit_train_step), lowered here on abstract inputs instead of called.
-  step = jax.jit(
-      lambda s, r, b: step_lib.train_step(s, b, graphdef=graphdef, rest=r, tx=tx, label_smoothing=t.label_smoothing,
-                                          grad_accum=t.gradient_accumulation_steps,
-                                          rng_impl=step_lib.dropout_rng_impl(t.dropout_rng)),
-      in_shardings=(state_shardings, jax.tree.map(lambda x: x.sharding, rest), batch_sharding),
-      out_shardings=(state_shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
-  stats = step.lower(state, rest, batch).compile().memory_analysis()
+  batch = contract.abstract(batch_size, frames, k, c, target_len,
+                            sharding=sharding_lib.batch_sharding(mesh, sharding_lib.logical_rules(config)))
+  # The trainer's step (step.TrainStep), lowered here on abstract inputs instead of called.
+  train = step_lib.TrainStep(config, graphdef, tx, state_shardings, rest, mesh)
+  all_real = {name: np.ones(x.shape, x.dtype) for name, x in batch.items()}
+  stats = train.jitted(train.counts(all_real)).lower(state, batch).compile().memory_analysis()
   plan = {
       'trained_params_bytes': _per_device_bytes(state.params),
       'optimizer_state_bytes': _per_device_bytes(state.opt_state),
@@ -147,12 +137,11 @@ def memory_variants(config, batch_size: int, frames: int, variants=tuple(MEMORY_
     cfg.model.update(MEMORY_VARIANTS[name])
     cfg.training.mixed_precision = 'bf16'
     tx = optim.make_optimizer(cfg, 1000)
-    build = lambda c=cfg: slt.build_model(c, vocab, int(np.prod(pose_shape)), rngs=nnx.Rngs(params=0))
-    graphdef, state, rest, shardings = sharding_lib.create_sharded_state(
-        build, tx, mesh, seed=0, trainable=init_from_lib.trainable_filter(cfg), abstract=True)
+    graphdef, state, rest, shardings = state_lib.from_config(cfg, tx, mesh, vocab, int(np.prod(pose_shape)),
+                                                             abstract=True)
     plans[name] = memory_plan(cfg, graphdef, state, rest, shardings, tx, mesh, batch_size, frames,
                               int(cfg.data.max_target_length), pose_shape)
-    plans[name]['trainable_params'] = _count(state.params)
+    plans[name]['trainable_params'] = lora.count_weights(state.params)
   return plans
 
 
@@ -163,9 +152,9 @@ def check(config, workdir: str, *, memory: bool = True) -> dict:
   pose_shape = pipeline.pose_feature_shape(config)
   vocab, vocab_source = _vocab_size(config, workdir)
   tx = optim.make_optimizer(config, 1000)
+  graphdef, state, rest, state_shardings = state_lib.from_config(config, tx, mesh, vocab, int(np.prod(pose_shape)),
+                                                                 abstract=True)
   build = lambda: slt.build_model(config, vocab, int(np.prod(pose_shape)), rngs=nnx.Rngs(params=0))
-  graphdef, state, rest, state_shardings = sharding_lib.create_sharded_state(
-      build, tx, mesh, seed=0, trainable=init_from_lib.trainable_filter(config), abstract=True)
 
   abstract_model = nnx.eval_shape(build)
   family = getattr(abstract_model, 'family', config.model.family)
@@ -173,7 +162,7 @@ def check(config, workdir: str, *, memory: bool = True) -> dict:
       'family': family,
       'backbone_params': _backbone_params(abstract_model),
       'total_params': lora.count_weights(nnx.state(abstract_model, nnx.Any(nnx.Param, lora.QuantizedWeight))),
-      'trainable_params': _count(state.params),
+      'trainable_params': lora.count_weights(state.params),
       'devices': [str(d) for d in jax.devices()],
       'mesh': dict(mesh.shape),
       'vocab_size': vocab,

@@ -2,11 +2,9 @@
 
 XLA:CPU mallocs a step's temporaries (hundreds of MB even for a small model) and frees them when the step
 ends. glibc serves requests of 32 MiB and more with mmap and returns memory from its per-thread arenas to the
-kernel, so every step faults its temporaries in again, page by page, each page zeroed by the kernel. On the
-model of scripts/bench_vs_torch.py that was ~70,000 minor page faults and ~220 ms of system time per
-~600 ms step (2 cores). With one arena, no mmap and no trimming, the freed memory is reused: ~6,400 faults,
-~25 ms of system time, and the step ~15-20% faster. The cost: the heap keeps its peak size, and the host's
-threads share one arena.
+kernel, so every step faults its temporaries in again, page by page, each page zeroed by the kernel. With one
+arena, no mmap and no trimming, the freed memory is reused (the faults, system time and step time both ways:
+README, Speed). The cost: the heap keeps its peak size, and the host's threads share one arena.
 
 mallopt(3) applies the settings in-process, but a thread keeps the arena it got at its first malloc, so
 `configure` must run before JAX starts its CPU client (the first jax.devices() or computation).

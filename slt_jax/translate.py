@@ -16,13 +16,12 @@ import jax
 import numpy as np
 from absl import logging
 
+from slt_jax import inference
 from slt_jax import run_config
 from slt_jax.data import pipeline
 from slt_jax.data import pose_io
 from slt_jax.data import tokenizer as tokenizer_lib
 from slt_jax.data import video
-from slt_jax.train import checkpoint as checkpoint_lib
-from slt_jax.train import trainer
 
 
 def _pad_batch(arrays: list[pose_io.PoseArrays], batch_size: int, frames: int, visibility_channel: bool):
@@ -55,15 +54,8 @@ def translate(config, workdir: str, inputs: list[str], output: str | None = None
   options = pose_io.PoseOptions.from_config(config.data)
   tokenizer = tokenizer_lib.get_tokenizer(config, workdir, texts=[])
   k, c = pipeline.pose_feature_shape(config)
-  run = trainer.setup(config, workdir, splits=[], tokenizer=tokenizer, pose_dim=k * c)
-  ckpt = checkpoint_lib.Checkpoints(workdir, keep=config.training.keep_checkpoints,
-                                    best_metric=config.training.best_metric)
-  restored = ckpt.restore_best(run.state)
-  if restored is None:
-    raise FileNotFoundError(f'no checkpoint in {workdir}/best or {workdir}/checkpoints: train first')
-  state, meta = restored
-  ckpt.close()
-  logging.info('Translating with the checkpoint of step %d.', int(meta['step']))
+  model = inference.restore(config, workdir, tokenizer, pose_dim=k * c)
+  logging.info('Translating with the checkpoint of step %d.', model.step)
 
   readable = []
   extractor = video.Extractor(os.path.join(workdir, 'video_poses'), pose_env)
@@ -74,7 +66,7 @@ def translate(config, workdir: str, inputs: list[str], output: str | None = None
       logging.warning('Skipping %s: %s', path, e)
       print(f'# skipped {path}: {e}')
 
-  decode_fn = trainer.make_decode_fn(run.graphdef, config.decode, config.training.seed)
+  decode_fn = inference.make_decode_fn(model.graphdef, config.decode, config.training.seed)
   bounds = sorted(config.data.bucket_boundaries)
   results = []
   for start in range(0, len(readable), batch_size):
@@ -83,7 +75,7 @@ def translate(config, workdir: str, inputs: list[str], output: str | None = None
     frames = next((b for b in bounds if b >= longest), longest)  # few distinct shapes -> few compilations
     poses, mask = _pad_batch([a for _, a in chunk], batch_size, frames,
                              bool(config.data.get('visibility_channel', False)))
-    ids = np.asarray(jax.device_get(decode_fn(state.params, run.rest, poses, mask)))
+    ids = np.asarray(jax.device_get(decode_fn(model.params, model.rest, poses, mask)))
     for (path, _), row in zip(chunk, ids):
       results.append((path, tokenizer.decode(row.tolist())))
 

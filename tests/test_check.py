@@ -96,3 +96,27 @@ def test_memory_plan_of_demo(tmp_path):
   assert plan['trained_params_bytes'] == 4 * report['trainable_params']  # float32 master weights
   assert plan['optimizer_state_bytes'] >= 2 * plan['trained_params_bytes']  # Adam's two moments
   assert plan['total_bytes'] > plan['trained_params_bytes'] + plan['optimizer_state_bytes']
+
+
+def test_memory_plan_lowers_the_trainers_padding_free_step(tmp_path, monkeypatch):
+  """With model.padding_free, check plans the step the trainer compiles (step.TrainStep): the TokenCounts the
+  trainer counts (step.padding_free_counts, per micro-batch of 4 / 2 rows) for a batch whose every frame and
+  token is real, not the padded step."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from slt_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  seen, train_step = [], step_lib.train_step
+
+  def recording(*args, counts=None, **kwargs):
+    seen.append(counts)
+    return train_step(*args, counts=counts, **kwargs)
+
+  monkeypatch.setattr(step_lib, 'train_step', recording)
+  config = _load(CONFIGS[[p.stem for p in CONFIGS].index('demo')])
+  config.model.padding_free = 8
+  config.training.update(batch_size=4, gradient_accumulation_steps=2)
+  config.data.update(max_frames=16, max_target_length=6)
+  report = check.check(config, str(tmp_path), memory=True)
+  full = {'pose_mask': np.ones((4, 16), bool), 'label_mask': np.ones((4, 6), bool)}
+  trainers = step_lib.padding_free_counts(full, 8, grad_accum=2)
+  assert trainers is not None and seen == [trainers]
+  assert report['memory_per_device']['batch'] == {'batch_size': 4, 'frames': 16, 'target_len': 6}

@@ -84,6 +84,7 @@ def test_tokenizer_larger_than_pretrained_vocab(tmp_path):
 
 def test_trainer_checks_before_data_and_weights(tmp_path, monkeypatch):
   """trainer.setup fails on the device check before reading any data, on the vocabulary before building."""
+  from slt_jax.models import slt  # pylint: disable=g-import-not-at-top
   from slt_jax.train import trainer  # pylint: disable=g-import-not-at-top
 
   def must_not_run(*args, **kwargs):
@@ -100,7 +101,7 @@ def test_trainer_checks_before_data_and_weights(tmp_path, monkeypatch):
   tokenizer = types.SimpleNamespace(vocab_size=128)
   train = types.SimpleNamespace(pose_shape=(50, 3), num_examples=10)
   monkeypatch.setattr(trainer.inputs_lib, 'make_inputs', lambda *a: (tokenizer, {'train': train}))
-  monkeypatch.setattr(trainer.slt, 'build_model', must_not_run)
+  monkeypatch.setattr(slt, 'build_model', must_not_run)  # (train/state.py builds the model)
   with pytest.raises(ConfigError, match='has 128 ids but the checkpoint'):
     trainer.setup(config, str(tmp_path))
 

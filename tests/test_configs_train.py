@@ -13,7 +13,6 @@ The targets are cut to 2 tokens + EOS (data.max_target_length=3) and the learnin
 teach the model to emit EOS early in its 8 generated tokens: what comes after it is then what the test checks
 (a model that stops on another id than the labels' EOS goes on generating there).
 """
-import functools
 import importlib.util
 import json
 import os
@@ -24,6 +23,7 @@ import pytest
 from flax import nnx
 
 from slt_jax import default_config
+from slt_jax import inference
 from slt_jax.data import tokenizer as tokenizer_lib
 from slt_jax.models import causal_slt, registry, slt
 from slt_jax.train import sharding as sharding_lib
@@ -102,16 +102,13 @@ def _until_eos(row, eos):
 def _train_and_decode(config, workdir):
   """trainer.setup, STEPS train steps, greedy decoding of the val split: (run, model, ids, hyps)."""
   run = trainer.setup(config, workdir)
-  t = config.training
-  train = sharding_lib.jit_train_step(
-      functools.partial(step_lib.train_step, graphdef=run.graphdef, tx=run.tx, label_smoothing=t.label_smoothing,
-                        rng_impl=step_lib.dropout_rng_impl(t.dropout_rng)),
-      run.state_shardings, run.rest, run.mesh)
+  train = step_lib.TrainStep(config, run.graphdef, run.tx, run.state_shardings, run.rest, run.mesh)  # the trainer's
   state, batches = run.state, run.splits['train'].iterator()
   for _ in range(STEPS):
-    state, metrics = train(state, trainer._device_batch(next(batches), sharding_lib.batch_sharding(run.mesh)))
+    batch = next(batches)
+    state, metrics = train(state, batch, trainer._device_batch(batch, sharding_lib.batch_sharding(run.mesh)))
   assert np.isfinite(float(metrics['loss']))
-  decode_fn = trainer.make_decode_fn(run.graphdef, config.decode)
+  decode_fn = inference.make_decode_fn(run.graphdef, config.decode)
   batch = next(run.splits['val'].iterator())  # the whole val split (8 rows), as decode_split sees it
   device = trainer._device_batch(batch, sharding_lib.batch_sharding(run.mesh))
   ids = np.asarray(decode_fn(state.params, run.rest, device['poses'], device['pose_mask']))

@@ -16,6 +16,7 @@ from flax import nnx
 
 import tiny_demo
 from slt_jax import default_config
+from slt_jax import inference
 from slt_jax.data import inputs
 from slt_jax.data import tokenizer as tokenizer_lib
 from slt_jax.default_config import ConfigError
@@ -176,14 +177,13 @@ def test_frozen_run_checkpoints_hold_the_trained_parts_and_its_model_the_frozen_
   stored = init_from.ocp_flat(ckpt.stored_tree(manager, step)['params'])
   assert {_part(k) for k in stored} == {'pose_frontend'}  # the frozen backbone is not in its checkpoints
   # As eval / translate build it: the backbone from init_from (bit-identical), the front end its own (trained).
-  run = trainer.setup(c, workdir, splits=[], tokenizer=tokenizer_lib.load_tokenizer(
-      os.path.join(workdir, 'tokenizer')), pose_dim=150)
-  rest = _flat(run.rest)
+  model = inference.restore(c, workdir, tokenizer_lib.load_tokenizer(os.path.join(workdir, 'tokenizer')),
+                            pose_dim=150)
+  rest = _flat(model.rest)
   assert {_part(k) for k in rest} == {'backbone'}
   for k in rest:
     np.testing.assert_array_equal(rest[k], src[k], err_msg=k)
-  state, _ = ckpt.restore_best(run.state)
-  trained = _flat(state.params)
+  trained = _flat(model.params)
   assert all(not np.array_equal(trained[k], src[k]) for k in trained)
   assert os.path.exists(os.path.join(workdir, 'metrics.json'))
 

@@ -4,7 +4,7 @@
 - our adapter (random non-zero A and B) loads with peft.PeftModel.from_pretrained: same logits;
 - merge_adapter + save_pretrained gives a plain HF checkpoint with the same logits;
   for a decoder (Qwen2, scanned layers, regex targets) and an encoder-decoder (T5 v1.1, unrolled layers);
-- a train step through the trainer's path (create_sharded_state with the LoRA filter, jit_train_step with
+- a train step through the trainer's path (state.create_sharded_state with the LoRA filter, jit_train_step with
   `rest` as an argument) changes the adapters and the pose encoder and leaves every base weight bit-identical;
   save_adapter / load_adapter carry a trained SLT model over;
 - NF4 and int8 bases train with falling loss; their forward (adapters included) equals that of HF's model
@@ -27,6 +27,7 @@ from slt_jax import default_config
 from slt_jax.models import from_pretrained, lora, merge_adapter, save_adapter, save_pretrained, slt
 from slt_jax.train import optim
 from slt_jax.train import sharding as sharding_lib
+from slt_jax.train import state as state_lib
 from slt_jax.train import step as step_lib
 
 torch = pytest.importorskip('torch')
@@ -169,7 +170,7 @@ def test_train_step_changes_adapters_only(tmp_path):
   build = lambda: slt.build_model(config, 64, K * C, nnx.Rngs(params=0))
   tx = optim.make_optimizer(config, 10)
   mesh = sharding_lib.make_mesh(config.mesh)
-  graphdef, state, rest, shardings = sharding_lib.create_sharded_state(
+  graphdef, state, rest, shardings = state_lib.create_sharded_state(
       build, tx, mesh, seed=1, trainable=slt.trainable_filter(config))
   trained, frozen = _flat(state.params), _flat(rest)
   assert any('lora_b' in k for k in trained) and any(k.startswith('encoder/') for k in trained)

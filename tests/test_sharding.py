@@ -3,13 +3,14 @@ shardings the rule table asks for, pretrained weights placed on their shardings,
 
 The 8-device checks run in one child process (`python tests/test_sharding.py OUT.json`, with 8 host CPU
 devices), because the pytest process keeps one device for the other test modules. The child uses the trainer's
-own machinery: sharding.create_sharded_state (abstract init -> shardings -> jitted init onto them),
+own machinery: state.create_sharded_state (abstract init -> shardings -> jitted init onto them),
 sharding.jit_train_step (in/out shardings, donated state), sharding.global_batch and the orbax Checkpoints.
 The tests then check what it wrote.
 """
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -71,7 +72,7 @@ def _child(out_path):
   import slt_jax  # pylint: disable=g-import-not-at-top,unused-import  (eager sharding off)
   from slt_jax.models import hf, slt  # pylint: disable=g-import-not-at-top
   from slt_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  from slt_jax.train import optim, sharding  # pylint: disable=g-import-not-at-top
+  from slt_jax.train import optim, sharding, state as state_lib  # pylint: disable=g-import-not-at-top
   from slt_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
   assert jax.device_count() == 8, jax.devices()
 
@@ -95,7 +96,7 @@ def _child(out_path):
   def setup(config, mesh, vocab, abstract=False):
     tx = optim.make_optimizer(config, STEPS)
     build = lambda: slt.build_model(config, vocab, K * C, rngs=nnx.Rngs(params=0))
-    graphdef, state, rest, shardings = sharding.create_sharded_state(
+    graphdef, state, rest, shardings = state_lib.create_sharded_state(
         build, tx, mesh, seed=1, eager=bool(config.model.name), abstract=abstract)
     return graphdef, state, rest, shardings, tx
 
@@ -283,6 +284,47 @@ def test_logical_to_spec_divisibility_and_axis_reuse():
   assert sharding.logical_to_spec(('batch', None), (16, 3), mesh) == P(('data', 'fsdp'), None)
   assert sharding.logical_to_spec(('batch',), (6, ), mesh) == P('data')  # the longest prefix that divides
   assert sharding.logical_to_spec(('layers', 'norm'), (4, 64), mesh) == P(None, None)
+
+
+
+def test_rule_table_comes_from_the_config():
+  """config.sharding.logical_rules is the table the model state is placed by: swapping two rules in the config
+  swaps the PartitionSpecs of the built state (state.from_config, as the trainer and check build it)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from slt_jax.train import optim, sharding, state as state_lib  # pylint: disable=g-import-not-at-top
+  mesh = jax.sharding.AbstractMesh((1, 2, 2), sharding.MESH_AXES)
+
+  def mlp_spec(config):
+    _, state, _, _ = state_lib.from_config(config, optim.make_optimizer(config, 10), mesh, VOCAB['t5'], K * C,
+                                           abstract=True)
+    specs = {'/'.join(map(str, p)): v.get_value().sharding.spec for p, v in nnx.to_flat_state(state.params)}
+    return specs['lm/decoder/layers/mlp/wi_0/kernel']  # [layers, embed, mlp] (scanned layers)
+
+  config = _config('t5')
+  assert mlp_spec(config) == P(None, 'fsdp', 'tensor')  # by the default table
+  rules = dict(config.sharding.logical_rules)
+  rules.update(embed='tensor', mlp='fsdp')
+  config.sharding.logical_rules = tuple(rules.items())
+  assert mlp_spec(config) == P(None, 'tensor', 'fsdp')
+  assert sharding.batch_sharding(mesh, sharding.logical_rules(config)).spec == P(('data', 'fsdp'))
+
+
+@pytest.mark.parametrize('rule, message', [
+    (('embeding', 'fsdp'), "unknown logical axis 'embeding'"),
+    (('embed', 'model'), "'embed' -> 'model': mesh axes are None, one of"),
+    (('mlp', ('tensor', 'fsdpp')), "'mlp' -> ('tensor', 'fsdpp')"),
+    (('vocab', 'tensor', 'extra'), 'each rule is a (logical name, mesh axes) pair'),
+    (('batch', None), "'batch' has two rules"),
+])
+def test_rule_table_errors_name_the_rule(rule, message):
+  from slt_jax.default_config import ConfigError  # pylint: disable=g-import-not-at-top
+  from slt_jax.train import sharding  # pylint: disable=g-import-not-at-top
+  config = _config('t5')
+  config.sharding.logical_rules = (('batch', ('data', 'fsdp')), rule)
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    sharding.logical_rules(config)
 
 
 if __name__ == '__main__':

@@ -54,3 +54,16 @@ def test_eval_with_another_preprocessing_is_an_error_before_any_work(trained_wor
   with pytest.raises(default_config.ConfigError, match=r"data\.normalize: --config has 'minmax'"):
     trainer.evaluate(other, workdir, 'test')
   assert sorted(os.listdir(workdir)) == before
+
+
+def test_inference_does_not_import_the_training_loop():
+  """translate and inference restore the model below the trainer: importing them in a fresh interpreter loads
+  neither the training loop nor its TensorBoard writers."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  loop = ('slt_jax.train.trainer', 'slt_jax.train.visuals', 'clu.metric_writers')
+  code = f'import sys, slt_jax.translate, slt_jax.inference; print(sorted(m for m in {loop!r} if m in sys.modules))'
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300, check=False,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().splitlines()[-1] == '[]'

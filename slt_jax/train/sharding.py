@@ -1,43 +1,67 @@
-"""The device mesh, the one logical-axis rule table shared by every model family, and placement.
+"""The device mesh and placement: arrays onto the mesh by the logical-axis rules of the config.
 
-Models name the dimensions of their parameters ('embed', 'mlp', 'heads', ...; see the model contract); this
-table maps each name to mesh axes. A dimension that the mapped axes do not divide stays replicated, so tiny
+Models name the dimensions of their parameters ('embed', 'mlp', 'heads', ...; models/layers.py LOGICAL_AXES)
+and config.sharding.logical_rules (slt_jax/default_config.py: one table for every model family, changeable per
+model) maps each name to mesh axes. A dimension that the mapped axes do not divide stays replicated, so tiny
 test models run on any mesh.
 
-  mesh = make_mesh(config.mesh)
-  graphdef, state, rest, shardings = create_sharded_state(build_model, tx, mesh, seed=...)  # straight onto them
-  train = jit_train_step(partial(step.train_step, graphdef=..., tx=...), shardings, rest, mesh)
-  state, metrics = train(state, global_batch(host_batch, batch_sharding(mesh)))
+  mesh, rules = make_mesh(config.mesh), logical_rules(config)
+  graphdef, state, rest, shardings = state.create_sharded_state(build_model, tx, mesh, seed=..., rules=rules)
+  train = jit_train_step(partial(step.train_step, graphdef=..., tx=...), shardings, rest, mesh, rules)
+  state, metrics = train(state, global_batch(host_batch, batch_sharding(mesh, rules)))
 """
 import collections
-import contextlib
+import functools
 from typing import Callable, Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-MESH_AXES = ('data', 'fsdp', 'tensor')
+from slt_jax import default_config
+from slt_jax.models import layers
 
-# logical name -> mesh axis (or None: replicated). Parameters are sharded over 'fsdp' along their embedding
-# dimension (ZeRO-3 style) and over 'tensor' along heads / MLP width (Megatron style).
-LOGICAL_RULES = {
-    'batch': ('data', 'fsdp'),
-    'vocab': 'tensor',
-    'embed': 'fsdp',
-    'mlp': 'tensor',
-    'heads': 'tensor',
-    'kv_heads': 'tensor',
-    'head_dim': None,
-    'layers': None,
-    'relpos': None,
-    'pose_in': None,
-    'norm': None,
-    'length': None,
-}
+MESH_AXES = ('data', 'fsdp', 'tensor')
+# Logical names of activation dimensions; the parameters' are layers.LOGICAL_AXES.
+ACTIVATION_AXES = ('batch', 'length')
+
+
+def logical_rules(config=None) -> dict:
+  """config.sharding.logical_rules (None: the default config's) as {logical name: mesh axes}, checked.
+
+  Raises default_config.ConfigError naming a logical name that no model uses (known: layers.LOGICAL_AXES and
+  ACTIVATION_AXES), a mesh axis that is not one of MESH_AXES, a name given twice, or a rule that is not a
+  (name, axes) pair. Names without a rule stay replicated.
+  """
+  if config is None:
+    return _default_rules()
+  table = config.sharding.logical_rules
+  known = tuple(a for a in layers.LOGICAL_AXES if a is not None) + ACTIVATION_AXES
+  rules = {}
+  for rule in table:
+    if not isinstance(rule, (tuple, list)) or len(rule) != 2:
+      raise default_config.ConfigError(f'config.sharding.logical_rules: each rule is a (logical name, mesh axes) '
+                                       f'pair, got {rule!r}')
+    name, axes = rule
+    if name not in known:
+      raise default_config.ConfigError(f'config.sharding.logical_rules: unknown logical axis {name!r} (the models '
+                                       f'name {", ".join(known)})')
+    if name in rules:
+      raise default_config.ConfigError(f'config.sharding.logical_rules: {name!r} has two rules')
+    axes = tuple(axes) if isinstance(axes, (tuple, list)) else axes
+    unknown = [a for a in ((axes,) if isinstance(axes, str) else axes or ()) if a not in MESH_AXES]
+    if unknown or not (axes is None or isinstance(axes, (str, tuple))):
+      raise default_config.ConfigError(f'config.sharding.logical_rules: {name!r} -> {axes!r}: mesh axes are '
+                                       f'None, one of {MESH_AXES} or a tuple of them')
+    rules[name] = axes
+  return rules
+
+
+@functools.lru_cache(maxsize=1)
+def _default_rules() -> dict:
+  return logical_rules(default_config.get_config())
 
 
 def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
@@ -62,9 +86,10 @@ def logical_to_spec(names, shape, mesh, rules=None) -> P:
 
   A mesh axis is used at most once per array. Where the mapped axes do not divide a dimension, the longest
   prefix of them that does is used (('data', 'fsdp') -> 'data'), else the dimension stays replicated.
-  mesh: a Mesh or AbstractMesh (only its axis sizes are read). rules: default LOGICAL_RULES.
+  mesh: a Mesh or AbstractMesh (only its axis sizes are read). rules: logical_rules(config) (None: the default
+  config's).
   """
-  rules = LOGICAL_RULES if rules is None else rules
+  rules = logical_rules() if rules is None else rules
   used, spec = set(), []
   for name, dim in zip(names, shape):
     axes = rules.get(name) if name is not None else None
@@ -80,81 +105,26 @@ def logical_to_spec(names, shape, mesh, rules=None) -> P:
   return P(*spec)
 
 
-def state_shardings(state: nnx.State, mesh) -> nnx.State:
+def state_shardings(state: nnx.State, mesh, rules=None) -> nnx.State:
   """NamedShardings for an nnx.State whose variables carry logical names (`nnx.with_partitioning`)."""
   def one(x):
     value = x.get_value() if isinstance(x, nnx.Variable) else x
     names = x.get_metadata().get('out_sharding') if isinstance(x, nnx.Variable) else None
     shape = getattr(value, 'shape', ())
-    spec = logical_to_spec(names, shape, mesh) if names else P()
+    spec = logical_to_spec(names, shape, mesh, rules) if names else P()
     sharding = NamedSharding(mesh, spec)
     return x.replace(sharding) if isinstance(x, nnx.Variable) else sharding
   return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def batch_sharding(mesh) -> NamedSharding:
+def batch_sharding(mesh, rules=None) -> NamedSharding:
   """Batch dimension split over the 'batch' rule's axes (data and fsdp); everything else replicated."""
-  return NamedSharding(mesh, P(LOGICAL_RULES['batch']))
+  rules = logical_rules() if rules is None else rules
+  return NamedSharding(mesh, P(rules.get('batch')))
 
 
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
-
-
-def create_sharded_state(build_model, tx, mesh, *, seed: int, trainable=nnx.Param, eager: bool = False,
-                         abstract: bool = False):
-  """Builds a model and its TrainState straight onto their shardings.
-
-  Args:
-    build_model: () -> nnx.Module.
-    tx: the optax optimizer of the trained variables.
-    mesh: the device mesh.
-    seed: seeds the dropout PRNG key of the TrainState.
-    trainable: nnx filter of the variables that the optimizer trains (the rest stays frozen).
-    eager: build on the host first (pretrained weights read from disk), then place each array on its sharding;
-      otherwise random init runs inside jit with out_shardings, so no parameter ever sits whole on one device.
-    abstract: allocate nothing: the TrainState and rest are jax.ShapeDtypeStructs carrying their shardings
-      (a restore target: orbax then reads each array straight onto its sharding).
-  Returns:
-    (graphdef, TrainState, rest, TrainState shardings) where `rest` holds the non-trained variables.
-  """
-  from slt_jax.train import optim, step as step_lib  # pylint: disable=g-import-not-at-top
-
-  def build():
-    return nnx.split(build_model(), trainable, ...)
-
-  def init_state(params):
-    return step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optim.init_state(tx, params),
-                               rng=jax.random.PRNGKey(seed))
-
-  graphdef, abstract_params, abstract_rest = nnx.eval_shape(build)
-  shardings = state_shardings(jax.eval_shape(init_state, abstract_params), mesh)
-  rest_shardings = state_shardings(abstract_rest, mesh)
-  if abstract:
-    with_sharding = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-    return (graphdef, jax.tree.map(with_sharding, jax.eval_shape(init_state, abstract_params), shardings),
-            jax.tree.map(with_sharding, abstract_rest, rest_shardings), shardings)
-  if eager:
-    # Pretrained weights are read into host memory (never onto one accelerator), then each array goes
-    # straight to its sharding; the params are donated so the TrainState does not hold them twice.
-    with _on_host():
-      _, params, rest = build()
-    params, rest = place(params, shardings.params), place(rest, rest_shardings)
-    state = jax.jit(init_state, out_shardings=shardings, donate_argnums=0)(params)
-  else:
-    def init_all():
-      _, params, rest = build()
-      return init_state(params), rest
-    state, rest = jax.jit(init_all, out_shardings=(shardings, rest_shardings))()
-  return graphdef, state, rest, shardings
-
-
-def _on_host():
-  """Default device = this host's CPU while pretrained weights are read (no-op where there is no CPU backend)."""
-  try:
-    return jax.default_device(jax.local_devices(backend='cpu')[0])
-  except RuntimeError:
-    return contextlib.nullcontext()
 
 
 def place(tree, shardings):
@@ -171,18 +141,35 @@ def place(tree, shardings):
   return jax.tree.map(one, tree, shardings)
 
 
-def jit_train_step(step_fn, state_shardings, rest, mesh):
+class JittedStep:
+  """`train(state, batch) -> (state, metrics)`: a jitted step with its frozen variables `rest` bound.
+
+  `lower(state, batch)` lowers it ahead of time (abstract ShapeDtypeStructs with shardings work too, as
+  --mode=check does); the compiled executable takes `(state, rest, batch)`.
+  """
+
+  def __init__(self, jitted, rest):
+    self.jitted, self.rest = jitted, rest
+
+  def __call__(self, state, batch):
+    return self.jitted(state, self.rest, batch)
+
+  def lower(self, state, batch):
+    return self.jitted.lower(state, self.rest, batch)
+
+
+def jit_train_step(step_fn, state_shardings, rest, mesh, rules=None) -> JittedStep:
   """One jit of `step_fn(state, batch, rest=rest) -> (state, metrics)` with explicit shardings.
 
   The state is donated (updated in place); `rest` (frozen variables, e.g. a LoRA base model) is passed as an
   argument on its own shardings, not closed over: jit would bake closed-over arrays into the program as
-  constants. Returns `train(state, batch) -> (state, metrics)`, metrics replicated.
+  constants. The batch is split by batch_sharding(mesh, rules); metrics come back replicated.
   """
   rest_shardings = jax.tree.map(lambda x: x.sharding, rest)
   jitted = jax.jit(lambda state, rest, batch: step_fn(state, batch, rest=rest),
-                   in_shardings=(state_shardings, rest_shardings, batch_sharding(mesh)),
+                   in_shardings=(state_shardings, rest_shardings, batch_sharding(mesh, rules)),
                    out_shardings=(state_shardings, replicated(mesh)), donate_argnums=0)
-  return lambda state, batch: jitted(state, rest, batch)
+  return JittedStep(jitted, rest)
 
 
 def global_batch(batch: dict, sharding, keys=None) -> dict:

@@ -16,20 +16,20 @@ import jax
 import numpy as np
 from absl import logging
 from clu import metric_writers
-from flax import nnx
 from jax.experimental import multihost_utils
 
-from slt_jax import decode as decode_lib
 from slt_jax import default_config
 from slt_jax import evaluate as evaluate_lib
+from slt_jax import inference
 from slt_jax import run_config
 from slt_jax.data import inputs as inputs_lib
-from slt_jax.models import slt
+from slt_jax.models import lora
 from slt_jax.train import checkpoint as checkpoint_lib
 from slt_jax.train import flops as flops_lib
 from slt_jax.train import init_from as init_from_lib
 from slt_jax.train import optim
 from slt_jax.train import sharding as sharding_lib
+from slt_jax.train import state as state_lib
 from slt_jax.train import step as step_lib
 from slt_jax.train import visuals
 
@@ -67,34 +67,25 @@ def _num_train_steps(config, num_train_examples: int) -> int:
   return int(t.num_epochs * math.ceil(num_train_examples / t.batch_size))
 
 
-def setup(config, workdir: str, splits=None, tokenizer=None, pose_dim: int | None = None) -> Run:
-  """Builds data (unless `splits=[]`), the model and a sharded TrainState (fresh; restore separately)."""
-  # Checks that need the devices or the tokenizer, before reading data / loading weights / compiling.
+def setup(config, workdir: str, splits=None) -> Run:
+  """Builds data (`splits`; None: every split), the model and a sharded TrainState (fresh; restore separately).
+
+  Inference without data: slt_jax/inference.py.
+  """
+  # Checks that need the devices, before reading data / loading weights / compiling.
   default_config.validate_devices(config, jax.device_count(), jax.process_count())
-  datasets = {}
-  if splits != []:  # pylint: disable=g-explicit-bool-comparison  (None = every split; [] = none)
-    # Multi-host: process 0 prepares the shared workdir (demo corpus, tokenizer, caches) before the others read it.
-    if jax.process_index() > 0:
-      multihost_utils.sync_global_devices('slt_jax:inputs')
-    tokenizer, datasets = inputs_lib.make_inputs(config, workdir, splits)
-    if jax.process_count() > 1 and jax.process_index() == 0:
-      multihost_utils.sync_global_devices('slt_jax:inputs')
-    pose_dim = int(np.prod(next(iter(datasets.values())).pose_shape))
-  default_config.validate_vocab(config, tokenizer.vocab_size)
-  mesh = sharding_lib.make_mesh(config.mesh)
+  sharding_lib.logical_rules(config)  # config.sharding.logical_rules checked before any work
+  # Multi-host: process 0 prepares the shared workdir (demo corpus, tokenizer, caches) before the others read it.
+  if jax.process_index() > 0:
+    multihost_utils.sync_global_devices('slt_jax:inputs')
+  tokenizer, datasets = inputs_lib.make_inputs(config, workdir, splits)
+  if jax.process_count() > 1 and jax.process_index() == 0:
+    multihost_utils.sync_global_devices('slt_jax:inputs')
+  pose_dim = int(np.prod(next(iter(datasets.values())).pose_shape))
   num_steps = _num_train_steps(config, datasets['train'].num_examples) if 'train' in datasets else 0
-  tx = optim.make_optimizer(config, max(num_steps, 1))
-  graphdef, state, rest, state_shardings = sharding_lib.create_sharded_state(
-      lambda: slt.build_model(config, tokenizer.vocab_size, pose_dim, rngs=nnx.Rngs(params=config.training.seed),
-                              tokenizer=tokenizer),  # the model's EOS / pad (and a random one's start) ids
-      tx, mesh, seed=config.training.seed + 1, eager=bool(config.model.name),
-      # With LoRA: adapters + pose front end; the base stays in `rest`, and so do the parts of training.freeze.
-      trainable=init_from_lib.trainable_filter(config))
-  init_from_lib.check_trainable(config, state.params, rest)
-  # training.init_from: the parameters outside the TrainState (frozen, LoRA base) in every mode; the trained ones
-  # only on a fresh training run (train_and_evaluate), a resumed one has its own.
-  state, rest = init_from_lib.load(config, workdir, state, rest, into='rest')
-  return Run(config, workdir, tokenizer, datasets, mesh, graphdef, rest, state, state_shardings, tx, num_steps)
+  model = state_lib.build(config, workdir, tokenizer, pose_dim, num_steps)
+  return Run(config, workdir, tokenizer, datasets, model.mesh, model.graphdef, model.rest, model.state,
+             model.state_shardings, model.tx, num_steps)
 
 
 def _device_batch(batch: dict, sharding) -> dict:
@@ -105,21 +96,10 @@ def _device_batch(batch: dict, sharding) -> dict:
 # ------------------------------------------------------------------------------------------------------------
 # Evaluation: decode a split, score it, write predictions and metrics.
 # ------------------------------------------------------------------------------------------------------------
-def make_decode_fn(graphdef, decode_config, seed: int = 0):
-  """jit of `(params, rest, poses, pose_mask) -> ids i32[B, max_new_tokens]` decoding with config.decode."""
-  decode_config = decode_config.to_dict()  # plain values, closed over as compile-time constants
-  rng = jax.random.PRNGKey(seed) if decode_config.get('do_sample') else None
-
-  @jax.jit
-  def decode_fn(params, rest, poses, pose_mask):
-    return decode_lib.generate(nnx.merge(graphdef, params, rest), poses, pose_mask, decode_config, rng)
-  return decode_fn
-
-
 def decode_split(run: Run, split: str, params, decode_fn=None) -> tuple[list[str], list[str], list[str]]:
   """(uids, references, hypotheses) of a split, in row order."""
-  decode_fn = decode_fn or make_decode_fn(run.graphdef, run.config.decode, run.config.training.seed)
-  batch_sharding = sharding_lib.batch_sharding(run.mesh)
+  decode_fn = decode_fn or inference.make_decode_fn(run.graphdef, run.config.decode, run.config.training.seed)
+  batch_sharding = sharding_lib.batch_sharding(run.mesh, sharding_lib.logical_rules(run.config))
   rows = run.splits[split].rows
   hyps = {}
   for batch in run.splits[split].iterator():
@@ -228,24 +208,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start_step = int(jax.device_get(state.step))
   num_steps = run.num_train_steps
   logging.info('Training %d steps (batch %d, %d training examples, %d parameters).', num_steps, t.batch_size,
-               run.splits['train'].num_examples, sum(x.size for x in jax.tree.leaves(state.params)))
+               run.splits['train'].num_examples, lora.count_weights(state.params))
   if is_main:
     writer.write_hparams({k: v for k, v in config.training.items() if isinstance(v, (int, float, str, bool))})
     visuals.write_data_plots(writer, run, start_step)  # data/*: lengths + buckets, detection rates, skipped rows
 
-  train_fns = {}  # padding-free TokenCounts (None: padded) -> jitted train step; each compiles once
-
-  def train_fn(state, batch, device_batch):
-    counts = step_lib.padding_free_counts(batch, config.model.padding_free, t.gradient_accumulation_steps)
-    if counts not in train_fns:
-      train_fns[counts] = sharding_lib.jit_train_step(
-          functools.partial(step_lib.train_step, graphdef=run.graphdef, tx=run.tx,
-                            label_smoothing=t.label_smoothing, grad_accum=t.gradient_accumulation_steps,
-                            rng_impl=step_lib.dropout_rng_impl(t.dropout_rng), counts=counts),
-          run.state_shardings, run.rest, run.mesh)
-    return train_fns[counts](state, device_batch)
-  decode_fn = make_decode_fn(run.graphdef, run.config.decode, t.seed)
-  batch_sharding = sharding_lib.batch_sharding(run.mesh)
+  # The jitted step (one compilation per padding-free TokenCounts), the same one check and the benchmarks run.
+  train_fn = step_lib.TrainStep(config, run.graphdef, run.tx, run.state_shardings, run.rest, run.mesh)
+  decode_fn = inference.make_decode_fn(run.graphdef, run.config.decode, t.seed)
+  batch_sharding = sharding_lib.batch_sharding(run.mesh, sharding_lib.logical_rules(config))
   lr_schedule = optim.learning_rate_schedule(config, num_steps)
 
   train_iter = sharding_lib.prefetch_to_device(
@@ -254,23 +225,28 @@ def train_and_evaluate(config, workdir: str) -> dict:
   meta = lambda step: {'step': step, 'data_position': step}  # batches are a function of the step (exact resume).
   last_log_time, last_log_step, pending = time.time(), start_step, []
   val_metrics = {}  # step -> validation metrics of this process's evaluations
-  step_flops = {}   # poses shape -> model FLOPs of one train step per device (3 x forward, MaxText's count)
+  # (poses shape, labels shape, padding-free counts) -> FLOPs one train step executes per device (3 x forward,
+  # MaxText's count, on the token rows when padding-free); each key is one compiled train step.
+  step_flops = {}
   peak_flops = flops_lib.device_peak_flops(jax.devices()[0], t.peak_tflops)
   step = start_step
   with _StopRequest() as stop:
     while step < num_steps:
       batch, device_batch = next(train_iter)
-      state, metrics = train_fn(state, batch, device_batch)
+      token_counts = train_fn.counts(batch)  # padding-free TokenCounts (None: padded), once per batch
+      state, metrics = train_fn.jitted(token_counts)(state, device_batch)
       step += 1
-      pending.append((metrics, _batch_counts(batch)))
-      if is_main and batch['poses'].shape not in step_flops:  # once per batch shape: one trace, no compile
-        step_flops[batch['poses'].shape] = flops_lib.train_step_flops(
-            run.graphdef, state.params, run.rest, batch) * jax.process_count() / jax.device_count()
+      step_key = (batch['poses'].shape, batch['labels'].shape, token_counts)
+      pending.append((metrics, {**_batch_counts(batch), 'step_key': step_key}))
+      if is_main and step_key not in step_flops:  # once per compiled step: one trace, no compile
+        step_flops[step_key] = flops_lib.train_step_flops(
+            run.graphdef, state.params, run.rest, batch, step_key[2], t.gradient_accumulation_steps
+        ) * jax.process_count() / jax.device_count()
 
       if step % t.log_every_steps == 0 or step == num_steps:
         fetched = jax.device_get([m for m, _ in pending])
         counts = {k: sum(c[k] for _, c in pending) for k in ('examples', 'tokens', 'frames')}
-        flops = sum(step_flops.get(c['shape'], 0.0) for _, c in pending)
+        flops = sum(step_flops.get(c['step_key'], 0.0) for _, c in pending)
         elapsed = time.time() - last_log_time
         # Longest run of skipped (NaN/Inf) updates seen in this window: a streak that ended before the log
         # step still counts. The optimizer never applies such an update, so every checkpoint stays finite.
@@ -308,6 +284,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
               f'{t.max_consecutive_nonfinite}); stopped at step {step}. The last good checkpoint is kept in '
               f'{workdir}/checkpoints.')
 
+      if (step % t.eval_every_steps == 0 or step == num_steps) and is_main:
+        logging.info('%d distinct train steps compiled so far (batch shape x padding-free counts).',
+                     len(step_flops))
       if (step % t.eval_every_steps == 0 or step == num_steps) and 'val' in run.splits:
         val_metrics[step] = evaluate_split(run, 'val', state.params, step, writer, decode_fn)
         ckpt.save_best(step, state, meta(step), {t.best_metric: val_metrics[step][t.best_metric]})
@@ -342,15 +321,8 @@ def evaluate(config, workdir: str, split: str = 'test', step: int | None = None)
   (WORKDIR/config.json; a --config that differs there is a ConfigError)."""
   config = run_config.for_inference(config, workdir)
   run = setup(config, workdir, splits=[split])
-  ckpt = checkpoint_lib.Checkpoints(workdir, keep=config.training.keep_checkpoints,
-                                    best_metric=config.training.best_metric)
-  restored = ckpt.restore_best(run.state, step)
-  if restored is None:
-    raise FileNotFoundError(f'no checkpoint in {workdir}/best or {workdir}/checkpoints to evaluate')
-  state, meta = restored
-  metrics = evaluate_split(run, split, state.params, int(meta['step']))
-  ckpt.close()
-  return metrics
+  state, restored_step = inference.restore_checkpoint(config, workdir, run.state, step)
+  return evaluate_split(run, split, state.params, restored_step)
 
 
 def write_json(path: str, content: dict) -> None:
