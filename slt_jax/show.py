@@ -246,7 +246,8 @@ def _augment(arrays: pose_io.PoseArrays, data_config, seed: int) -> tuple[pose_i
   mirror_perm = kp_lib.mirror_permutation(arrays.keypoints) if aug.get('mirror', False) else None
   points, visible = augment_lib.spatial_numpy(
       arrays.points[pick][None], arrays.visible[pick][None], (seed, 1), rotate=aug.get('rotate', 0.0),
-      scale=aug.get('scale', 0.0), shear=aug.get('shear', 0.0), noise=aug.get('noise', 0.0), mirror_perm=mirror_perm)
+      scale=aug.get('scale', 0.0), shear=aug.get('shear', 0.0), noise=aug.get('noise', 0.0), mirror_perm=mirror_perm,
+      yaw=aug.get('yaw', 0.0))
   return dataclasses.replace(arrays, points=points[0], visible=visible[0]), pick
 
 
