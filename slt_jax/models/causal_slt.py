@@ -220,12 +220,6 @@ def prompt_ids(tokenizer, prompt: str = '', *, chat_template: bool = True, bos_i
 
 # --- building from the config ------------------------------------------------------------------------
 
-def _dtypes(config):
-  """(compute, parameter) dtypes: the same rule as slt.py (bf16 mixed precision keeps float32 masters)."""
-  param_dtype = jnp.dtype(config.model.dtype)
-  return (jnp.bfloat16 if config.training.mixed_precision == 'bf16' else param_dtype), param_dtype
-
-
 def lm_config(config, tokenizer=None) -> decoder.DecoderConfig:
   """The LLM's DecoderConfig: the checkpoint's config.json (model.name) or model.arch, whose special ids are
   then the tokenizer's when one is given (a random model learns the tokenizer's ids: hf.with_tokenizer_ids)."""
@@ -260,7 +254,7 @@ def build_causal_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, t
   config.model.tokenizer or config.model.name when set, else none (BOS-only prompt, ids from config.json).
   """
   mc = config.model
-  dtype, param_dtype = _dtypes(config)
+  dtype, param_dtype = L.dtypes(config)
   tok_dir = mc.tokenizer or mc.name
   if tokenizer is None and tok_dir and any(os.path.exists(os.path.join(tok_dir, f)) for f in _TOKENIZER_FILES):
     from slt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
@@ -299,7 +293,7 @@ def count_params_abstract(config, pose_dim: int = 1) -> dict:
   """
   mc = config.model
   cfg = lm_config(config)
-  dtype, param_dtype = _dtypes(config)
+  dtype, param_dtype = L.dtypes(config)
   count = lambda m: sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
   n_lm = count(nnx.eval_shape(lambda: decoder.build(cfg, dtype, param_dtype, nnx.Rngs(0))))
   n_enc = count(nnx.eval_shape(lambda: PoseEncoder(

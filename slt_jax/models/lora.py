@@ -383,10 +383,10 @@ def apply_from_config(lm, config, rngs: nnx.Rngs):
   weights stored in the compute dtype (bf16 under mixed precision), adapters in model.dtype."""
   mc = config.model
   quantize = 'nf4' if mc.load_in_4bit else 'int8' if mc.load_in_8bit else None
-  compute = jnp.bfloat16 if config.training.mixed_precision == 'bf16' else jnp.dtype(mc.dtype)
+  compute, param_dtype = L.dtypes(config)
   return apply_lora(lm, LoraConfig.from_config(mc.lora_config), quantize=quantize,
                     block_size=int(mc.get('quant_block_size', 64)), base_dtype=compute,
-                    param_dtype=jnp.dtype(mc.dtype), rngs=rngs)
+                    param_dtype=param_dtype, rngs=rngs)
 
 
 # --- PEFT files ------------------------------------------------------------------------------------------

@@ -114,12 +114,6 @@ class Seq2SeqSLT(nnx.Module):
 
 # --- building from the config ----------------------------------------------------------------------
 
-def _dtypes(config):
-  param_dtype = jnp.dtype(config.model.dtype)
-  dtype = jnp.bfloat16 if config.training.mixed_precision == 'bf16' else param_dtype
-  return dtype, param_dtype
-
-
 def _tokenizer(config):
   from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top  (only for prompts/lang codes)
   return AutoTokenizer.from_pretrained(config.model.tokenizer or config.model.name)
@@ -132,7 +126,7 @@ def build_lm(config, vocab_size: int, rngs: nnx.Rngs, tokenizer=None):
   (hf.with_tokenizer_ids: pad, EOS, decoder start, forced BOS); without one, model.arch's.
   """
   mc = config.model
-  dtype, param_dtype = _dtypes(config)
+  dtype, param_dtype = L.dtypes(config)
   if mc.name:
     family = hf.read_config(mc.name)['model_type']
     if not registry.is_seq2seq(family):
@@ -195,7 +189,7 @@ def _build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, tokeniz
   lm, family = build_lm(config, vocab_size, rngs, tokenizer)
   cfg = lm.config
   eos, pad = (cfg.eos_token_id, cfg.pad_token_id) if tokenizer is None else (tokenizer.eos_id, tokenizer.pad_id)
-  dtype, param_dtype = _dtypes(config)
+  dtype, param_dtype = L.dtypes(config)
   frontend = PoseFrontEnd(pose_dim, cfg.d_model, hidden=mc.pose.hidden, conv_layers=mc.pose.conv_layers,
                           conv_stride=mc.pose.conv_stride, positions=mc.pose.positions, dropout=mc.pose.dropout,
                           dtype=dtype, param_dtype=param_dtype, rngs=rngs)
