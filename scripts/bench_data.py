@@ -14,15 +14,26 @@ loop  the baseline: the same rows read one by one in Python, `Pose.read` (pose-f
 warm, warm_noaug and loop are timed --rounds times, interleaved; each rate is the median of its rounds
 (robust to load spikes on a shared CPU).
 
+--scale: the cache build at growing corpus sizes (--scale_sizes, default 2k, 8k, 32k examples: a base corpus of
+      --num synthetic sentences or --csv, tiled by symlinks to N rows with distinct uids and texts), each in a
+      fresh child process with data.max_in_memory_gb=0 (make_datasets: the cache, then the training examples
+      memory-mapped): build examples/s, and the peak anonymous memory (RssAnon: heap, not file-backed or page
+      cache pages) of the child and its worker processes, sampled every 20 ms, with the child's RssAnon after its
+      imports (before the build) for reference. The peak should stay flat while N grows.
+
+  .venv/bin/python scripts/bench_data.py --scale --num=64 --num_workers=2
+
 Data: the embedded synthetic corpus (slt_jax/data/synthetic.py, reduced 178-point Holistic, 25 fps) generated
 into a temporary folder, or --csv/--pose_dir (the seed's uid,text layout). The page cache holds the files for
 every phase (the synthetic corpus was just written; cold reads them first). The CPU may be shared with other
 processes: compare figures from one run. Prints a table, then one JSON line (--json: only the JSON line).
 """
 import argparse
+import csv
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,7 +63,11 @@ def _args(argv):
                  help='warm: epochs of training batches to time (the default, ~0.5 s, is well past the '
                       'ramp of tf.data autotuning its parallelism; 3 epochs read ~15%% lower)')
   p.add_argument('--rounds', type=int, default=5, help='interleaved timings of warm / warm_noaug / loop')
-  p.add_argument('--num_workers', type=int, default=1, help='data.num_workers (threads parsing .pose, cold)')
+  p.add_argument('--num_workers', type=int, default=-1,
+                 help='data.num_workers (processes parsing .pose files into the cache; -1: one per core)')
+  p.add_argument('--scale', action='store_true', help='time the cache build at --scale_sizes examples')
+  p.add_argument('--scale_sizes', default='2000,8000,32000', help='--scale: corpus sizes (examples)')
+  p.add_argument('--scale_child', default='', help=argparse.SUPPRESS)  # (internal: one --scale build, CSV path)
   p.add_argument('--json', action='store_true', help='print only the JSON line')
   return p.parse_args(argv)
 
@@ -169,8 +184,130 @@ def _table(r) -> str:
   return '\n'.join(lines)
 
 
+# ------------------------------------------------------------------------------------------------------------
+# --scale: cache build rate and peak heap against the corpus size.
+# ------------------------------------------------------------------------------------------------------------
+def _tile(csv_path, pose_dir, n, out_dir) -> tuple[str, str]:
+  """A corpus of n rows: the usable rows of csv_path repeated, each copy a symlink of its pose file under a uid of
+  its own (the same texts: the tokenizer stays the same size). Returns (csv path, pose dir)."""
+  rows, _ = sources.read_csv(csv_path, pose_dir)
+  poses = os.path.join(out_dir, 'poses')
+  os.makedirs(poses)
+  with open(os.path.join(out_dir, 'train.csv'), 'w', newline='', encoding='utf-8') as f:
+    writer = csv.writer(f)
+    writer.writerow(['uid', 'text'])
+    for i in range(n):
+      row = rows[i % len(rows)]
+      os.symlink(os.path.abspath(row.pose_path), os.path.join(poses, f'x{i:07d}.pose'))
+      writer.writerow([f'x{i:07d}', row.text])
+  return os.path.join(out_dir, 'train.csv'), poses
+
+
+def _rss_anon_kib(pid: int) -> int:
+  try:
+    with open(f'/proc/{pid}/status') as f:
+      for line in f:
+        if line.startswith('RssAnon:'):
+          return int(line.split()[1])
+  except OSError:  # (exited)
+    pass
+  return 0
+
+
+def _tree(pid: int) -> list[int]:
+  """pid and its descendants (from /proc/*/stat parent ids)."""
+  parents = {}
+  for entry in os.listdir('/proc'):
+    if entry.isdigit():
+      try:
+        with open(f'/proc/{entry}/stat') as f:
+          parents[int(entry)] = int(f.read().rsplit(')', 1)[1].split()[1])
+      except (OSError, IndexError, ValueError):
+        pass
+  tree, frontier = [pid], [pid]
+  while frontier:
+    frontier = [p for p, parent in parents.items() if parent in frontier]
+    tree += frontier
+  return tree
+
+
+def _scale_child(a):
+  """One --scale build (in a fresh process): prints {'startup_anon_kib', 'build_s', 'examples'} as JSON."""
+  csv_path, pose_dir = a.scale_child, a.pose_dir
+  tmp = os.path.dirname(csv_path)
+  config = _config(a, csv_path, pose_dir, os.path.join(tmp, 'cache'), augment=False)
+  config.data.max_in_memory_gb = 0
+  texts = [r.text for r in sources.read_csv(csv_path, pose_dir)[0]]
+  tokenizer = tok_lib.train_tokenizer(texts, kind='wordlevel')
+  startup = _rss_anon_kib(os.getpid())
+  print(json.dumps({'startup_anon_kib': startup}), flush=True)
+  start = time.perf_counter()
+  train = _train(config, tokenizer, tmp)
+  build_s = time.perf_counter() - start
+  print(json.dumps({'build_s': build_s, 'examples': train.num_examples}), flush=True)
+
+
+def _scale(a, tmp, csv_path, pose_dir) -> list[dict]:
+  results = []
+  for n in [int(x) for x in a.scale_sizes.split(',')]:
+    folder = os.path.join(tmp, f'scale{n}')
+    os.makedirs(folder)
+    tiled_csv, tiled_poses = _tile(csv_path, pose_dir, n, folder)
+    argv = [sys.executable, os.path.abspath(__file__), f'--scale_child={tiled_csv}', f'--pose_dir={tiled_poses}',
+            f'--keypoints={a.keypoints}', f'--coords={a.coords}', f'--normalize={a.normalize}',
+            f'--max_frames={a.max_frames}', f'--batch_size={a.batch_size}', f'--num_workers={a.num_workers}']
+    with tempfile.TemporaryFile('w+') as out:
+      child = subprocess.Popen(argv, stdout=out, stderr=subprocess.DEVNULL)
+      peak, peak_main, peak_procs = 0, 0, 1
+      while child.poll() is None:
+        tree = _tree(child.pid)
+        anon = sum(_rss_anon_kib(p) for p in tree)
+        if anon > peak:
+          peak, peak_procs = anon, len(tree)
+        peak_main = max(peak_main, _rss_anon_kib(child.pid))
+        time.sleep(0.02)
+      if child.returncode:
+        raise RuntimeError(f'--scale child for N={n} failed ({child.returncode}): {" ".join(argv)}')
+      out.seek(0)
+      r = {}
+      for line in out:
+        if line.startswith('{'):
+          r.update(json.loads(line))
+    results.append({'n': n, 'examples': r['examples'], 'build_s': round(r['build_s'], 2),
+                    'examples_per_s': round(r['examples'] / r['build_s'], 1),
+                    'peak_anon_mib': round(peak / 1024, 1), 'peak_anon_main_mib': round(peak_main / 1024, 1),
+                    'procs_at_peak': peak_procs, 'startup_anon_mib': round(r['startup_anon_kib'] / 1024, 1),
+                    'cache_mib': round(_du(os.path.join(folder, 'cache')) / 2**20, 1)})
+    shutil.rmtree(folder, ignore_errors=True)
+  return results
+
+
+def _du(path) -> int:
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _scale_table(results, source) -> str:
+  lines = [f'data: {source}, tiled; data.max_in_memory_gb=0; load: {_load()}',
+           f"{'N':>7} {'build s':>8} {'ex/s':>7} {'peak anon MiB':>14} {'(main)':>7} {'procs':>5} "
+           f"{'startup MiB':>11} {'cache MiB':>9}"]
+  for r in results:
+    lines.append(f"{r['n']:>7} {r['build_s']:>8.1f} {r['examples_per_s']:>7.1f} {r['peak_anon_mib']:>14.1f} "
+                 f"{r['peak_anon_main_mib']:>7.1f} {r['procs_at_peak']:>5} {r['startup_anon_mib']:>11.1f} "
+                 f"{r['cache_mib']:>9.1f}")
+  peaks = [r['peak_anon_mib'] for r in results]
+  lines.append(f'peak anon, largest / smallest N: {max(peaks) / min(peaks):.2f}')
+  return '\n'.join(lines)
+
+
+def _load() -> str:
+  return ' '.join(f'{x:.2f}' for x in os.getloadavg()) + f' ({os.cpu_count()} cpus)'
+
+
 def main(argv=None):
   a = _args(argv)
+  if a.scale_child:
+    _scale_child(a)
+    return
   tmp = tempfile.mkdtemp(prefix='bench_data_')
   try:
     start = time.perf_counter()
@@ -180,8 +317,14 @@ def main(argv=None):
       paths = synthetic.generate_corpus(os.path.join(tmp, 'corpus'), num_train=a.num, num_val=1, num_test=1)
       csv_path, pose_dir = paths['train'], paths['pose_dir']
       source = f'synthetic corpus, {a.num} sentences (reduced Holistic, 178 points)'
+    if a.scale:
+      results = _scale(a, tmp, csv_path, pose_dir)
+      if not a.json:
+        print(_scale_table(results, source))
+      print(json.dumps({'source': source, 'load': _load(), 'scale': results}))
+      return
     result = {'source': source, 'generate_s': round(time.perf_counter() - start, 2),
-              **_measure(a, tmp, csv_path, pose_dir)}
+              **_measure(a, tmp, csv_path, pose_dir), 'load': _load()}
     if not a.json:
       print(_table(result))
     print(json.dumps(result))

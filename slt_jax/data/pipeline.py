@@ -30,10 +30,10 @@ above data.max_in_memory_gb); a numpy batch plan per epoch
 (seeded permutation, speed/frame-dropout draws, length sorting within pools of batches, shuffled
 batch order; see _BatchPlan) says which frames of which examples batch k holds; tf.data maps the steps
 k, k+1, ... to those padded batches (frame axis padded to the bucket boundary of the batch's longest
-example, so few shapes ever reach jit), applies the spatial augmentation seeded by (seed, step, row of the
-global batch), adds labels, prefetches; infinite. Eval = same shards, fixed order, no augmentation, frame axis
-padded to the bucket boundary of the batch's longest example, last batch filled to B with example_mask False;
-every host yields the same number of batches.
+example, so few shapes ever reach jit), applies the spatial augmentation (per group of _AUGMENT_GROUP rows of
+the global batch, seeded by (seed, step, group)), adds labels, prefetches; infinite. Eval = same shards, fixed
+order, no augmentation, frame axis padded to the bucket boundary of the batch's longest example, last batch
+filled to B with example_mask False; every host yields the same number of batches.
 Per-host split: `shard_index, num_shards` (default jax.process_index() / process_count()); host h
 reads rows h, h + n, h + 2n, ... of each eval split (training: its rows of each global batch, above).
 
@@ -522,6 +522,10 @@ def _per_host_batch(global_batch: int, num_shards: int, what: str) -> int:
 # Train: a host-side batch plan (numpy) -> tf.data. Global batch k is a pure function of (seed, k).
 # ------------------------------------------------------------------------------------------------
 _SORT_POOL = 64            # batches per length-sorting pool (more: less padding, less varied batches)
+# Rows of the global batch augmented by one spatial_numpy call (one call per row costs ~5x a whole batch's): the
+# augmentation is the same on any number of hosts whose per-host batch is a multiple of it (else groups of
+# gcd(_AUGMENT_GROUP, per-host batch) rows, the same among host counts with that gcd).
+_AUGMENT_GROUP = 8
 _FOREVER = 2 ** 62
 
 
@@ -770,7 +774,7 @@ def _train_split(config, tokenizer, caches, shard_index, num_shards) -> SplitDat
   # One global plan, whatever the number of hosts: global batch `step` is a function of (seed, step) alone and
   # host h takes its rows [h * batch, (h + 1) * batch), so a run resumed on another number of hosts sees the same
   # data. Every host holds every training example (memory-mapped above data.max_in_memory_gb); the spatial
-  # augmentation of each row is seeded by (seed, step, row of the global batch).
+  # augmentation is drawn per group of _AUGMENT_GROUP rows of the global batch, seeded by (seed, step, group).
   seed = int(t.seed) * 1_000_003
   slots = (shard_index * batch, (shard_index + 1) * batch)
   max_in_memory = float(d.get('max_in_memory_gb', 2.0)) * 2**30
@@ -793,13 +797,15 @@ def _train_split(config, tokenizer, caches, shard_index, num_shards) -> SplitDat
         shear=aug.get('shear', 0.0), noise=aug.get('noise', 0.0), mirror_perm=mirror_perm, inplace=True,
         yaw=aug.get('yaw', 0.0))
 
+    group = math.gcd(_AUGMENT_GROUP, batch)
+
     def batch_fn(step):
-      """The plan's batch `step` augmented in place (its fresh arrays), each row seeded by (seed, step, its row
-      in the global batch): the same augmentation whichever host holds the row."""
+      """The plan's batch `step` augmented in place (its fresh arrays), `group` rows at a time, each group seeded
+      by (seed, step, its number in the global batch): the same augmentation whichever host holds the rows."""
       points, visible, index, length = stream(step)
-      for i in range(len(points)):
-        points[i:i + 1], visible[i:i + 1] = spatial(points[i:i + 1], visible[i:i + 1],
-                                                    (seed, int(step), slots[0] + i))
+      for i in range(0, len(points), group):
+        rows = slice(i, i + group)
+        points[rows], visible[rows] = spatial(points[rows], visible[rows], (seed, int(step), (slots[0] + i) // group))
       return points, visible, index, length
 
   def make(start_step: int) -> tf.data.Dataset:

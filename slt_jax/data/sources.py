@@ -191,11 +191,14 @@ _MANIFEST = 'chunks.json'
 _PROGRESS_EVERY_S = 10.0
 
 
+_AUTO_MIN_CHUNKS = 16     # data.num_workers=-1 reads fewer chunks in process (a worker takes seconds to start)
+
+
 def num_workers_for(num_workers: int, num_chunks: int) -> int:
-  """Worker processes for `num_chunks` chunks: data.num_workers (-1: one per core, at most 8); 0 or 1: none (read
-  in this process), as when there is a single chunk."""
+  """Worker processes for `num_chunks` chunks: data.num_workers (-1: one per core, at most 8, from _AUTO_MIN_CHUNKS
+  chunks on); 0 or 1: none (read in this process), as when there is a single chunk."""
   if num_workers < 0:
-    num_workers = min(8, _num_cpus())
+    num_workers = min(8, _num_cpus()) if num_chunks >= _AUTO_MIN_CHUNKS else 0
   return num_workers if num_workers > 1 and num_chunks > 1 else 0
 
 
@@ -321,13 +324,16 @@ def read_chunks(rows: list[Row], options: pose_io.PoseOptions, folder: str, *, n
     with _plain_main(), concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context('spawn')) as pool:
       futures = [pool.submit(read_chunk, chunk, options, _chunk_path(folder, i)) for i, chunk in todo]
-      for future in concurrent.futures.as_completed(futures):
-        try:
+      try:
+        for future in concurrent.futures.as_completed(futures):
           progress.add(future.result())
-        except concurrent.futures.process.BrokenProcessPool as e:
-          raise RuntimeError(f'{what}: a worker process reading .pose files died (out of memory? lower '
-                             f'data.num_workers): {e}. Finished chunks in {folder} are kept: run again to '
-                             'go on.') from e
+      except concurrent.futures.BrokenExecutor as e:
+        raise RuntimeError(f'{what}: a worker process reading .pose files died (out of memory? lower '
+                           f'data.num_workers): {e}. Finished chunks in {folder} are kept: run again to '
+                           'go on.') from e
+      finally:  # (an error: stop at once, not after the chunks still queued)
+        for future in futures:
+          future.cancel()
   else:
     for i, chunk in todo:
       progress.add(read_chunk(chunk, options, _chunk_path(folder, i)))
