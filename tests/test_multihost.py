@@ -136,15 +136,15 @@ def test_global_batch_pads_host_batches_to_one_shape(tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 # The demo config, trained by two processes through the launcher vs by one process.
 # ------------------------------------------------------------------------------------------------------------
-# Tiny: 3 global batches of 8 per epoch (host h takes rows 4h..4h+3 of each), with the training augmentations
-# (speed, frame dropout and the spatial ones, each row's seeded by its place in the global batch); no dropout.
+# Tiny: 3 global batches of 16 per epoch (host h takes rows 8h..8h+7 of each), with the training augmentations
+# (speed, frame dropout and the spatial ones, seeded by their rows' place in the global batch); no dropout.
 OVERRIDES = [
-    '--config.data.synthetic.num_train=24', '--config.data.synthetic.num_val=8',
+    '--config.data.synthetic.num_train=48', '--config.data.synthetic.num_val=8',
     '--config.data.synthetic.num_test=8', '--config.data.max_frames=48', '--config.data.augment=True',
     '--config.model.arch.d_model=32', '--config.model.arch.d_kv=8', '--config.model.arch.num_heads=4',
     '--config.model.arch.d_ff=64', '--config.model.arch.num_layers=1', '--config.model.arch.num_decoder_layers=1',
     '--config.model.arch.dropout_rate=0.0', '--config.model.pose.hidden=32', '--config.model.pose.dropout=0.0',
-    '--config.training.num_train_steps=3', '--config.training.batch_size=8',
+    '--config.training.num_train_steps=3', '--config.training.batch_size=16',
     '--config.training.eval_batch_size=8', '--config.training.log_every_steps=1',
     '--config.training.eval_every_steps=3', '--config.training.checkpoint_every_steps=3',
     '--config.training.warmup_steps=1', '--config.decode.max_new_tokens=4',
@@ -188,12 +188,12 @@ def test_two_processes_through_the_launcher_match_one(tmp_path):
   assert (multi / 'metrics.json').exists() and (multi / 'predictions_test.tsv').exists()
   host0, host1 = _tail(logs[0], 100_000), _tail(logs[1], 100_000)
   assert 'step 3/3' in host0 and 'step 3/3' not in host1  # process 1 only warns
-  # Each host holds every training example (> one global batch) and takes its 4 rows of each global batch of 8 (one
-  # process: all 8).
-  found = [re.findall(r'train(?: \w+)? \(host 0\): (\d+) examples, (\d+) batches of 8 per epoch \(this host: rows (\d+-\d+)',
-                      text) for text in (host0, _tail(logs[2], 100_000))]
+  # Each host holds every training example (> one global batch) and takes its 8 rows of each global batch of 16
+  # (one process: all 16).
+  line = r'train(?: \w+)? \(host 0\): (\d+) examples, (\d+) batches of 16 per epoch \(this host: rows (\d+-\d+)'
+  found = [re.findall(line, text) for text in (host0, _tail(logs[2], 100_000))]
   assert found[0] and found[1] and found[0][0][:2] == found[1][0][:2] and int(found[0][0][1]) > 1, found
-  assert (found[0][0][2], found[1][0][2]) == ('0-3', '0-7'), found
+  assert (found[0][0][2], found[1][0][2]) == ('0-7', '0-15'), found
   # Both hosts wrote the collective checkpoint; the single-process run gives the same step layout.
   assert sorted(os.listdir(multi / 'checkpoints')) == sorted(os.listdir(single / 'checkpoints')) == ['3']
 
