@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One short GPU check (< 5 min on an H100): bf16 train-step throughput, MFU and memory of a T5-base-shaped SLT
-# model and a ~1B decoder (Llama-3.2-1B shape) with LoRA, on synthetic batches. Needs no tensorflow, pose-format
+# model and a ~1B decoder (Llama-3.2-1B shape) with LoRA, padded and padding-free (model.padding_free: the same
+# first loss, fewer FLOPs), on synthetic batches. Needs no tensorflow, pose-format
 # or clu; ml_collections / qwix / absl wheels are installed from .gpu_wheels/ when missing (fetch them on a
 # machine with the package index: scripts/gpu_check.sh --fetch-wheels, then carry .gpu_wheels to the GPU host).
 #   scripts/gpu_check.sh [OUT_DIR]      -> a table on stdout, JSON lines in OUT_DIR/gpu_check.jsonl
@@ -30,18 +31,25 @@ run t5_base_bf16 --config=configs/t5_base.py --config.training.mixed_precision=b
   --frames=256 --target_len=64 --vocab_size=32128
 run llama1b_lora_bf16 --config=configs/llama3_1b.py --batch_size=16 --frames=256 --target_len=64 \
   --vocab_size=128256
+run llama1b_lora_bf16_padfree --config=configs/llama3_1b.py --batch_size=16 --frames=256 --target_len=64 \
+  --vocab_size=128256 --config.model.padding_free=64   # decoder-only padding-free (token rows)
+run demo_causal_padded --config=configs/demo_causal.py --frames=96 --target_len=24 --vocab_size=576
+run demo_causal_padfree --config=configs/demo_causal.py --frames=96 --target_len=24 --vocab_size=576 \
+  --config.model.padding_free=16   # the demo-sized Llama, padded vs padding-free: same first loss
 run llama1b_lora_bf16_cudnn --config=configs/llama3_1b.py --batch_size=16 --frames=256 --target_len=64 \
   --vocab_size=128256 --config.model.attention=auto   # cuDNN flash attention (model.attention=auto)
 $PY - "$out/gpu_check.jsonl" <<'PY'
 import json, sys
-print(f"{'model':<20} {'ex/s':>8} {'tok/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9} {'compile s':>9}")
+print(f"{'model':<28} {'ex/s':>8} {'tok/s':>10} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9} {'compile s':>9} "
+      f"{'first loss':>10}")
 for line in open(sys.argv[1]):
   r = json.loads(line)
   if 'error' in r:
-    print(f"{r['name']:<20} ERROR ({r['error']})"); continue
+    print(f"{r['name']:<28} ERROR ({r['error']})"); continue
   x = r['result']
   mfu = f"{100 * x['mfu']:.1f}%" if x.get('mfu') else '-'
   mem = f"{x['peak_memory_gib']:.1f}" if x.get('peak_memory_gib') else '-'
-  print(f"{r['name']:<20} {x['examples_per_s']:8.1f} {x['tokens_per_s']:10.0f} {x['tflops_per_s']:8.1f} {mfu:>6} "
-        f"{mem:>9} {x['compile_s']:9.1f}")
+  loss = f"{x['first_loss']:.4f}" if x.get('first_loss') is not None else '-'
+  print(f"{r['name']:<28} {x['examples_per_s']:8.1f} {x['tokens_per_s']:10.0f} {x['tflops_per_s']:8.1f} {mfu:>6} "
+        f"{mem:>9} {x['compile_s']:9.1f} {loss:>10}")
 PY

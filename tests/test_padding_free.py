@@ -30,6 +30,22 @@ def test_rows_hold_the_tokens_in_order_and_zeros_elsewhere():
   np.testing.assert_array_equal(scattered[~mask], 0)         # padding positions get nothing from filler rows
 
 
+def test_shards_gather_their_own_batch_rows():
+  """shards=2: block s (batch rows 2s, 2s + 1) fills rows [6s, 6s + 6) from its own positions only."""
+  mask = _prefix_mask([3, 0, 5, 1], 5)
+  x = np.random.RandomState(0).randn(4, 5, 2).astype(np.float32)
+  rows = TokenRows.from_mask(jnp.asarray(mask), 6, shards=2)
+  gathered = np.asarray(rows.gather(x))
+  np.testing.assert_array_equal(gathered[:3], x[0, :3])
+  np.testing.assert_array_equal(gathered[3:6], 0)            # block 0's filler rows
+  np.testing.assert_array_equal(gathered[6:11], x[2, :5])
+  np.testing.assert_array_equal(gathered[11], x[3, 0])
+  scattered = np.asarray(rows.scatter(jnp.asarray(gathered)))
+  np.testing.assert_array_equal(scattered, np.where(mask[..., None], x, 0))
+  with pytest.raises(ValueError, match='3 shards do not divide the batch of 4 rows'):
+    TokenRows.from_mask(jnp.asarray(mask), 6, shards=3)
+
+
 def test_row_maps_have_each_others_gradient():
   """gather's gradient is a scatter and vice versa (both computed as gathers): compare with plain indexing."""
   mask = _prefix_mask([2, 4, 3], 4)
@@ -57,6 +73,9 @@ def test_counts_round_up_per_micro_batch_and_refuse_holes():
   assert step_lib.padding_free_counts(batch, 1) == TokenCounts(frames=29, labels=12)
   # Two micro-batches of 2 rows: the larger one bounds both (frames 17 | 12, labels 6 | 6).
   assert step_lib.padding_free_counts(batch, 1, grad_accum=2) == TokenCounts(frames=17, labels=6)
+  # Two shards (the mesh's batch blocks of 2 rows): the larger block bounds both; with 2 micro-batches, one row.
+  assert step_lib.padding_free_counts(batch, 1, shards=2) == TokenCounts(frames=17, labels=6, shards=2)
+  assert step_lib.padding_free_counts(batch, 1, grad_accum=2, shards=2) == TokenCounts(10, 5, shards=2)
   batch['pose_mask'][1, 2] = False  # a hole: the models' row bounds assume prefix masks
   with pytest.raises(ValueError, match=r"batch\['pose_mask'\] to be a prefix mask"):
     step_lib.padding_free_counts(batch, 8)
@@ -71,8 +90,9 @@ def test_config_checks():
   config.model.padding_free = 64
   default_config.validate(config)
   default_config.validate_devices(config, 1)
-  with pytest.raises(ConfigError, match='runs on one device'):
-    default_config.validate_devices(config, 8)
+  default_config.validate_devices(config, 8)  # a mesh: rows gathered within each batch shard
+  with pytest.raises(ConfigError, match='runs on one host'):
+    default_config.validate_devices(config, 8, num_processes=2)
 
 
 def test_trainer_runs_padding_free_steps(tmp_path, monkeypatch):
@@ -80,8 +100,8 @@ def test_trainer_runs_padding_free_steps(tmp_path, monkeypatch):
   seen = []
   counts_fn = step_lib.padding_free_counts
 
-  def spy(batch, multiple, grad_accum=1):
-    counts = counts_fn(batch, multiple, grad_accum)
+  def spy(batch, multiple, grad_accum=1, shards=1):
+    counts = counts_fn(batch, multiple, grad_accum, shards)
     seen.append((counts, int(np.sum(batch['pose_mask'])), int(np.sum(batch['label_mask']))))
     return counts
   monkeypatch.setattr(step_lib, 'padding_free_counts', spy)

@@ -169,18 +169,21 @@ class CausalSLT(nnx.Module):
     # Position p + i holds labels[:, i] and predicts labels[:, i + 1]: a token only if that label is one.
     mask = jnp.concatenate([prompt_mask, label_mask[:, 1:]], axis=1)
     text = len(self.prefix_ids) + (len(self.suffix_ids) or 1)  # the prompt's positions around the poses
-    num_prompt = self.encoder.frontend.max_outputs(counts.frames, b) + b * text
-    rows = TokenRows.from_mask(mask, min(num_prompt + counts.labels, mask.size))
+    shards, block = counts.shards, b // counts.shards  # rows gathered within each block of the batch (a mesh)
+    num_prompt = self.encoder.frontend.max_outputs(counts.frames, block) + block * text
+    rows = TokenRows.from_mask(mask, min(num_prompt + counts.labels, mask.size // shards), shards, counts.blocks)
     with lora.dropout_rngs(self.lm, rngs):
       h = self.lm(inputs_embeds=x, attention_mask=mask, return_hidden=True, rngs=rngs,
                   prefix_len=p if self.bidirectional_prompt else 0, rows=rows)          # [N, hidden]
       # The target rows among the token rows: position p - 1 + i predicts labels[:, i].
       before = jnp.zeros((b, p - 1), label_mask.dtype)
-      is_target = rows.gather(jnp.concatenate([before, label_mask], axis=1))         # bool[N]
-      labels = rows.gather(jnp.concatenate([before.astype(jnp.int32), batch['labels'].astype(jnp.int32)], 1))
-      targets = TokenRows.from_mask(is_target[None], min(counts.labels, is_target.size))
-      logits = self.lm.head(targets.gather(h[None]))
-    return logits, targets.gather(labels[None]), targets.gather(is_target[None])
+      by_block = lambda r: r.reshape((shards, -1) + r.shape[1:])  # token rows [N, ...] -> [S, N / S, ...]
+      is_target = by_block(rows.gather(jnp.concatenate([before, label_mask], axis=1)))    # bool[S, N / S]
+      labels = by_block(rows.gather(jnp.concatenate([before.astype(jnp.int32),
+                                                     batch['labels'].astype(jnp.int32)], axis=1)))
+      targets = TokenRows.from_mask(is_target, min(counts.labels, is_target.shape[1]), shards, counts.blocks)
+      logits = self.lm.head(targets.gather(by_block(h)))
+    return logits, targets.gather(labels), targets.gather(is_target)
 
   def start_decode(self, poses: jax.Array, pose_mask: jax.Array, max_new_tokens: int):
     """-> (logits f32[B, V] of the first generated token, state: decoder.DecodeState, batch-first)."""

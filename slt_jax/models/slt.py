@@ -43,11 +43,14 @@ class Seq2SeqSLT(nnx.Module):
     self.forced_eos = bool(forced_eos)
 
   def encode(self, poses: jax.Array, pose_mask: jax.Array, rngs=None,
-             num_frames: Optional[int] = None) -> tuple[jax.Array, jax.Array, Optional[TokenRows]]:
+             num_frames: Optional[int] = None,
+             shards: int = 1, blocks=None) -> tuple[jax.Array, jax.Array, Optional[TokenRows]]:
     """poses f32[B, T, K, C], pose_mask bool[B, T] -> encoder states [B, S, d], mask bool[B, S], None.
 
-    Padding-free, with num_frames (a static bound on the real frames): the encoder runs on its tokens' rows
-    and returns (their rows [N, d], mask, their TokenRows).
+    Padding-free, with num_frames (a static bound on the real frames of each of `shards` blocks of the batch,
+    placed by `blocks`: TokenCounts):
+    the encoder runs on its tokens' rows, gathered within each block, and returns (their rows [N, d], mask,
+    their TokenRows).
     """
     x, mask = self.frontend(poses, pose_mask, rngs=rngs)
     b = x.shape[0]
@@ -57,8 +60,9 @@ class Seq2SeqSLT(nnx.Module):
       mask = jnp.concatenate([jnp.ones((b, len(self.prompt_ids)), bool), mask], axis=1)
     rows = None
     if num_frames is not None:
-      bound = self.frontend.max_outputs(num_frames, b) + b * len(self.prompt_ids)
-      rows = TokenRows.from_mask(mask, min(bound, mask.size))
+      block = b // shards
+      bound = self.frontend.max_outputs(num_frames, block) + block * len(self.prompt_ids)
+      rows = TokenRows.from_mask(mask, min(bound, mask.size // shards), shards, blocks)
     return self.lm.encode(inputs_embeds=x, attention_mask=mask, rngs=rngs, rows=rows), mask, rows
 
   def _prefix(self, b: int) -> jax.Array:
@@ -69,14 +73,18 @@ class Seq2SeqSLT(nnx.Module):
     (logits f32[N, V] of the decoder's token rows, their TokenRows)."""
     with lora.dropout_rngs(self.lm, rngs):  # adapter dropout (a no-op without adapters)
       enc, mask, enc_rows = self.encode(batch['poses'], batch['pose_mask'], rngs=rngs,
-                                        num_frames=None if counts is None else counts.frames)
+                                        num_frames=None if counts is None else counts.frames,
+                                        shards=1 if counts is None else counts.shards,
+                                        blocks=None if counts is None else counts.blocks)
       labels = batch['labels']
       b, p = labels.shape[0], len(self.decoder_prefix)
       dec_in = jnp.concatenate([self._prefix(b), labels[:, :-1]], axis=1)
       dec_rows = None
       if counts is not None:  # the decoder's tokens: the prefix after the start token, then the labels
         dec_mask = jnp.concatenate([jnp.ones((b, p - 1), bool), batch['label_mask'].astype(bool)], axis=1)
-        dec_rows = TokenRows.from_mask(dec_mask, min(counts.labels + b * (p - 1), dec_mask.size))
+        shards = counts.shards
+        bound = counts.labels + b // shards * (p - 1)
+        dec_rows = TokenRows.from_mask(dec_mask, min(bound, dec_mask.size // shards), shards, counts.blocks)
       # Positions after EOS are padding; the causal mask keeps them out of the real positions.
       logits, _ = self.lm.decode(dec_in, enc, mask, rngs=rngs, rows=dec_rows, encoder_rows=enc_rows)
     return logits, dec_rows

@@ -82,7 +82,8 @@ def padding_free_rung(count: int, multiple: int, full: int) -> int:
   return min(-(-units // step) * step * multiple, max(full, multiple))
 
 
-def padding_free_counts(batch: dict, multiple: int, grad_accum: int = 1) -> Optional[TokenCounts]:
+def padding_free_counts(batch: dict, multiple: int, grad_accum: int = 1,
+                        shards: int = 1) -> Optional[TokenCounts]:
   """model.padding_free: the static TokenCounts of a host batch, or None when `multiple` is 0 (off).
 
   The most real pose frames and label tokens in any of its `grad_accum` micro-batches, each rounded up to its
@@ -91,6 +92,9 @@ def padding_free_counts(batch: dict, multiple: int, grad_accum: int = 1) -> Opti
   a small fixed set. The models derive their row counts from these assuming prefix masks (real entries, then
   padding), as the input pipeline makes them; a batch with holes in a mask is refused here rather than have
   tokens dropped.
+
+  shards: the blocks each micro-batch is split into on the mesh (the devices of the batch's axes, data x
+  fsdp); the counts then bound the tokens of any block, within which the models gather their rows.
   """
   if multiple <= 0:
     return None
@@ -101,9 +105,18 @@ def padding_free_counts(batch: dict, multiple: int, grad_accum: int = 1) -> Opti
     if not np.array_equal(mask, np.arange(mask.shape[1])[None] < lengths[:, None]):
       raise ValueError(f'model.padding_free needs batch[{key!r}] to be a prefix mask (real entries, then '
                        'padding) in every row; set model.padding_free=0 for masks with holes')
-    most = int(lengths.reshape(grad_accum, -1).sum(axis=1).max())
-    counts.append(padding_free_rung(most, multiple, full=mask.size // grad_accum))
-  return TokenCounts(*counts)
+    if mask.shape[0] % (grad_accum * shards):
+      raise ValueError(f'model.padding_free: a batch of {mask.shape[0]} rows does not split into {grad_accum} '
+                       f'micro-batches of {shards} shards')
+    most = int(lengths.reshape(grad_accum * shards, -1).sum(axis=1).max())
+    counts.append(padding_free_rung(most, multiple, full=mask.size // (grad_accum * shards)))
+  return TokenCounts(*counts, shards=shards)
+
+
+def batch_shards(mesh, rules=None) -> int:
+  """The number of blocks batch_sharding(mesh, rules) splits a batch into (the devices of data x fsdp)."""
+  n = mesh.devices.size  # a batch of n rows: divisible by any product of the mesh's axes
+  return n // sharding_lib.batch_sharding(mesh, rules).shard_shape((n,))[0]
 
 
 def dropout_rng_impl(setting: str) -> str:
@@ -206,10 +219,14 @@ class TrainStep:
     self._jit = functools.partial(sharding_lib.jit_train_step, state_shardings=state_shardings, rest=rest, mesh=mesh,
                                   rules=sharding_lib.logical_rules(config))
     self._jitted = {}  # TokenCounts (None: padded) -> sharding.JittedStep
+    rules = sharding_lib.logical_rules(config)
+    self._shards, self._blocks = batch_shards(mesh, rules), sharding_lib.batch_sharding(mesh, rules)
 
   def counts(self, host_batch) -> Optional[TokenCounts]:
-    """The padding-free TokenCounts of a host batch (numpy masks), None when model.padding_free is off."""
-    return padding_free_counts(host_batch, self._padding_free, self._grad_accum)
+    """The padding-free TokenCounts of a host batch (numpy masks), None when model.padding_free is off; on a
+    mesh they bound each batch shard's tokens (the models gather rows within shards, never across devices)."""
+    counts = padding_free_counts(host_batch, self._padding_free, self._grad_accum, self._shards)
+    return counts._replace(blocks=self._blocks) if counts is not None and self._shards > 1 else counts
 
   def jitted(self, counts: Optional[TokenCounts]) -> sharding_lib.JittedStep:
     """The jitted step for batches of these `counts`: (state, device batch) -> (state, metrics); .lower()."""
