@@ -11,14 +11,14 @@ import time
 from absl import app, flags
 import jax
 import numpy as np
-from flax import nnx
 from ml_collections import config_flags
 
 from slt_jax import host_malloc
-from slt_jax.models import slt
+from slt_jax.models import contract, lora
 from slt_jax.train import flops as flops_lib
 from slt_jax.train import optim
 from slt_jax.train import sharding as sharding_lib
+from slt_jax.train import state as state_lib
 from slt_jax.train import step as step_lib
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/demo.py', 'Config file.')
@@ -34,17 +34,18 @@ _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object as the last line
 
 
 def synthetic_batch(batch_size, frames, keypoints, coords, target_len, vocab_size, seed=0):
-  """A random batch of the contract's layout: f32[B, T, K, C] poses, ~10% padding frames and tokens."""
+  """A random contract.Batch: f32[B, T, K, C] poses, ~10% padding frames and tokens, no filler rows."""
   rng = np.random.RandomState(seed)
   lengths = rng.randint(int(frames * 0.8), frames + 1, batch_size)
   tlen = rng.randint(int(target_len * 0.8), target_len + 1, batch_size)
-  return {
-      'poses': rng.randn(batch_size, frames, keypoints, coords).astype(np.float32),
-      'pose_mask': np.arange(frames)[None] < lengths[:, None],
-      'labels': rng.randint(4, vocab_size, (batch_size, target_len)).astype(np.int32),
-      'label_mask': np.arange(target_len)[None] < tlen[:, None],
-      'example_mask': np.ones((batch_size,), bool),
-  }
+  batch = contract.zeros(batch_size, frames, keypoints, coords, target_len)
+  batch['poses'][:] = rng.randn(batch_size, frames, keypoints, coords)
+  batch['pose_mask'][:] = np.arange(frames)[None] < lengths[:, None]
+  batch['labels'][:] = rng.randint(4, vocab_size, (batch_size, target_len))
+  batch['label_mask'][:] = np.arange(target_len)[None] < tlen[:, None]
+  batch['example_mask'][:] = True
+  batch['index'][:] = np.arange(batch_size)
+  return batch
 
 
 def main(argv):
@@ -56,27 +57,14 @@ def main(argv):
   pose_dim = _KEYPOINTS.value * _COORDS.value
   mesh = sharding_lib.make_mesh(config.mesh)
   tx = optim.make_optimizer(config, 1000)
-  trainable = slt.trainable_filter(config) if hasattr(slt, 'trainable_filter') else nnx.Param
-  graphdef, state, rest, shardings = sharding_lib.create_sharded_state(
-      lambda: slt.build_model(config, vocab, pose_dim, rngs=nnx.Rngs(params=0)), tx, mesh, seed=0,
-      trainable=trainable)
-  # The frozen variables (`rest`, e.g. a LoRA base) are an argument: closed over, jit would embed them as constants.
-  rest_shardings = jax.tree.map(lambda x: x.sharding, rest)
+  graphdef, state, rest, shardings = state_lib.from_config(config, tx, mesh, vocab, pose_dim)
   host_batch = synthetic_batch(batch_size, _FRAMES.value, _KEYPOINTS.value, _COORDS.value, _TARGET.value, vocab)
-  counts = step_lib.padding_free_counts(host_batch, config.model.padding_free,
-                                        config.training.gradient_accumulation_steps)  # as the trainer does
-  step_fn = jax.jit(
-      lambda s, r, b: step_lib.train_step(s, b, graphdef=graphdef, rest=r, tx=tx,
-                                          label_smoothing=config.training.label_smoothing,
-                                          grad_accum=config.training.gradient_accumulation_steps,
-                                          rng_impl=step_lib.dropout_rng_impl(config.training.dropout_rng),
-                                          counts=counts),
-      in_shardings=(shardings, rest_shardings, sharding_lib.batch_sharding(mesh)),
-      out_shardings=(shardings, sharding_lib.replicated(mesh)), donate_argnums=0)
-  batch = {k: jax.device_put(v, sharding_lib.batch_sharding(mesh)) for k, v in host_batch.items()}
+  # The trainer's jitted step (step.TrainStep: its padding-free counts, shardings, donation), compiled ahead.
+  train = step_lib.TrainStep(config, graphdef, tx, shardings, rest, mesh)
+  batch = sharding_lib.global_batch(host_batch, sharding_lib.batch_sharding(mesh, sharding_lib.logical_rules(config)))
 
   t0 = time.perf_counter()
-  compiled = step_fn.lower(state, rest, batch).compile()
+  compiled = train.jitted(train.counts(host_batch)).lower(state, batch).compile()  # takes (state, rest, batch)
   compile_s = time.perf_counter() - t0
   state, metrics = compiled(state, rest, batch)  # warm-up
   jax.block_until_ready(metrics)
@@ -98,7 +86,7 @@ def main(argv):
       'tflops_per_s': step_flops / seconds / 1e12,
       'mfu': (step_flops / seconds / (peak * jax.device_count())) if peak else None,
       'loss': float(metrics['loss']),
-      'trainable_params': int(sum(x.size for x in jax.tree.leaves(state.params))),
+      'trainable_params': lora.count_weights(state.params),
       'peak_memory_gib': memory.get('peak_bytes_in_use', 0) / 2**30 or None,
   }
   for k, v in result.items():

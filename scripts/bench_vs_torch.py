@@ -43,15 +43,18 @@ VOCAB, KEYPOINTS, COORDS, HIDDEN = 2000, 50, 3, 256
 
 
 def _batch():
+  """A random contract.Batch: 0-25% padding frames, 0-50% padding tokens, no filler rows."""
+  from slt_jax.models import contract  # pylint: disable=g-import-not-at-top
   rng = np.random.RandomState(0)
   b, t, l = _BATCH.value, _FRAMES.value, _TARGET.value
-  return {
-      'poses': rng.randn(b, t, KEYPOINTS, COORDS).astype(np.float32),
-      'pose_mask': np.arange(t)[None] < rng.randint(t * 3 // 4, t + 1, b)[:, None],
-      'labels': rng.randint(4, VOCAB, (b, l)).astype(np.int32),
-      'label_mask': np.arange(l)[None] < rng.randint(l // 2, l + 1, b)[:, None],
-      'example_mask': np.ones((b,), bool),
-  }
+  batch = contract.zeros(b, t, KEYPOINTS, COORDS, l)
+  batch['poses'][:] = rng.randn(b, t, KEYPOINTS, COORDS)
+  batch['pose_mask'][:] = np.arange(t)[None] < rng.randint(t * 3 // 4, t + 1, b)[:, None]
+  batch['labels'][:] = rng.randint(4, VOCAB, (b, l))
+  batch['label_mask'][:] = np.arange(l)[None] < rng.randint(l // 2, l + 1, b)[:, None]
+  batch['example_mask'][:] = True
+  batch['index'][:] = np.arange(b)
+  return batch
 
 
 def _time_interleaved(steps_by_side, runs, steps):
@@ -71,11 +74,9 @@ def _time_interleaved(steps_by_side, runs, steps):
 
 def bench_ours(batch):
   import jax  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   from slt_jax import default_config  # pylint: disable=g-import-not-at-top
-  from slt_jax.models import slt  # pylint: disable=g-import-not-at-top
   from slt_jax.train import flops as flops_lib  # pylint: disable=g-import-not-at-top
-  from slt_jax.train import optim, sharding, step as step_lib  # pylint: disable=g-import-not-at-top
+  from slt_jax.train import optim, sharding, state as state_lib, step as step_lib  # pylint: disable=g-import-not-at-top
 
   config = default_config.get_config()
   config.model.arch.update(ARCH)
@@ -87,18 +88,15 @@ def bench_ours(batch):
   config.model.padding_free = _PADDING_FREE.value
   mesh = sharding.make_mesh(config.mesh)
   tx = optim.make_optimizer(config, 1000)
-  graphdef, state, rest, shardings = sharding.create_sharded_state(
-      lambda: slt.build_model(config, VOCAB, KEYPOINTS * COORDS, rngs=nnx.Rngs(params=0)), tx, mesh, seed=0)
-  rng_impl = step_lib.dropout_rng_impl(config.training.dropout_rng)  # what the trainer uses (rbg on CPU)
-  counts = step_lib.padding_free_counts(batch, config.model.padding_free)  # what the trainer passes
-  fn = jax.jit(lambda s, r, b: step_lib.train_step(s, b, graphdef=graphdef, rest=r, tx=tx, label_smoothing=0.0,
-                                                   rng_impl=rng_impl, counts=counts), donate_argnums=0)
-  device_batch = jax.device_put(batch)
+  graphdef, state, rest, shardings = state_lib.from_config(config, tx, mesh, VOCAB, KEYPOINTS * COORDS)
+  # The trainer's jitted step (step.TrainStep: dropout PRNG rbg on CPU, padding-free counts, shardings).
+  train = step_lib.TrainStep(config, graphdef, tx, shardings, rest, mesh)
+  device_batch = sharding.global_batch(batch, sharding.batch_sharding(mesh, sharding.logical_rules(config)))
   step_flops = flops_lib.train_step_flops(graphdef, state.params, rest, device_batch)
   holder = {'state': state}
 
   def step():
-    holder['state'], metrics = fn(holder['state'], rest, device_batch)
+    holder['state'], metrics = train(holder['state'], batch, device_batch)
     jax.block_until_ready(metrics['loss'])
   return step, step_flops
 
