@@ -4,8 +4,17 @@
 
 Compile time is measured separately from the timed steps. Reports examples/s, tokens/s (encoder frames +
 target tokens) and MFU against `--peak_tflops` (or the known peak of the device).
+
+--lengths_from=WORKDIR: the batches' frame and target lengths are those of a run's training split instead
+(WORKDIR/cache/train-*/meta.json and WORKDIR/tokenizer, e.g. a demo run), batched as the input pipeline does:
+within pools of 8 batches sorted by frame count, each batch padded to its data.bucket_boundaries rung, labels
+to data.max_target_length. --num_batches of them are compiled (each distinct shape and padding-free count
+once) and the timed steps cycle over them; `first_loss` is the untrained model's loss on the first batch.
+  python scripts/bench_train.py --config=configs/demo_causal.py --lengths_from=runs/demo --num_batches=8 \
+    --config.model.padding_free=0      # the padded step; 16 (or any multiple): padding-free
 """
 import json
+import os
 import time
 
 from absl import app, flags
@@ -31,6 +40,9 @@ _VOCAB = flags.DEFINE_integer('vocab_size', 0, 'Vocabulary size (0: the pretrain
 _STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps after compilation.')
 _PEAK = flags.DEFINE_float('peak_tflops', 0.0, 'Device peak TFLOP/s for MFU (0: known GPUs, else no MFU).')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object as the last line.')
+_LENGTHS_FROM = flags.DEFINE_string('lengths_from', '', "A run's WORKDIR: its training split's frame and target "
+                                    'lengths (see the docstring) instead of --frames / --target_len.')
+_NUM_BATCHES = flags.DEFINE_integer('num_batches', 8, 'With --lengths_from: distinct batches the steps cycle over.')
 
 
 def synthetic_batch(batch_size, frames, keypoints, coords, target_len, vocab_size, seed=0):
@@ -48,6 +60,41 @@ def synthetic_batch(batch_size, frames, keypoints, coords, target_len, vocab_siz
   return batch
 
 
+def run_lengths(workdir: str):
+  """(frame counts i32[N], target lengths i32[N] with EOS) of the training split of the run in `workdir`."""
+  import glob  # pylint: disable=g-import-not-at-top
+  from slt_jax.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top  (no tensorflow)
+  metas = sorted(glob.glob(os.path.join(workdir, 'cache', 'train-*', 'meta.json')))
+  if not metas:
+    raise FileNotFoundError(f'--lengths_from={workdir}: no cache/train-*/meta.json there (a run writes it)')
+  with open(metas[0]) as f:
+    meta = json.load(f)
+  tok = tokenizer_lib.load_tokenizer(os.path.join(workdir, 'tokenizer'))
+  targets = [len(tok.encode(row['text'])) + 1 for row in meta['rows']]
+  return np.asarray(meta['lengths'], np.int32), np.asarray(targets, np.int32)
+
+
+def pipeline_batches(frames, targets, config, batch_size, num_batches, vocab_size, keypoints, coords, seed=0):
+  """Batches of the lengths `frames`/`targets` as the input pipeline cuts them (pipeline._BatchPlan without
+  augmentation): a permutation, sorted by frame count within pools of 8 batches, each batch's frame axis
+  padded to the bucket boundary of its longest example, labels to data.max_target_length."""
+  rng = np.random.default_rng(seed)
+  bounds = np.asarray(config.data.bucket_boundaries or [config.data.max_frames])
+  max_len = int(config.data.max_target_length)
+  order = rng.permutation(len(frames))[:8 * batch_size * -(-num_batches // 8)]
+  pools = [p[np.argsort(frames[p], kind='stable')] for p in np.split(order, len(order) // (8 * batch_size))]
+  rows = np.concatenate(pools).reshape(-1, batch_size)[rng.permutation(len(order) // batch_size)][:num_batches]
+  out = []
+  for r in rows:
+    n = np.minimum(frames[r], bounds[-1])
+    t = int(bounds[min(np.searchsorted(bounds, n.max()), len(bounds) - 1)])
+    batch = synthetic_batch(batch_size, t, keypoints, coords, max_len, vocab_size, seed=len(out))
+    batch['pose_mask'][:] = np.arange(t)[None] < n[:, None]
+    batch['label_mask'][:] = np.arange(max_len)[None] < np.minimum(targets[r], max_len)[:, None]
+    out.append(batch)
+  return out
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -58,26 +105,42 @@ def main(argv):
   mesh = sharding_lib.make_mesh(config.mesh)
   tx = optim.make_optimizer(config, 1000)
   graphdef, state, rest, shardings = state_lib.from_config(config, tx, mesh, vocab, pose_dim)
-  host_batch = synthetic_batch(batch_size, _FRAMES.value, _KEYPOINTS.value, _COORDS.value, _TARGET.value, vocab)
+  if _LENGTHS_FROM.value:
+    host_batches = pipeline_batches(*run_lengths(_LENGTHS_FROM.value), config, batch_size, _NUM_BATCHES.value,
+                                    vocab, _KEYPOINTS.value, _COORDS.value)
+  else:
+    host_batches = [synthetic_batch(batch_size, _FRAMES.value, _KEYPOINTS.value, _COORDS.value, _TARGET.value,
+                                    vocab)]
   # The trainer's jitted step (step.TrainStep: its padding-free counts, shardings, donation), compiled ahead.
   train = step_lib.TrainStep(config, graphdef, tx, shardings, rest, mesh)
-  batch = sharding_lib.global_batch(host_batch, sharding_lib.batch_sharding(mesh, sharding_lib.logical_rules(config)))
+  batch_sharding = sharding_lib.batch_sharding(mesh, sharding_lib.logical_rules(config))
+  batches = [sharding_lib.global_batch(b, batch_sharding) for b in host_batches]
 
   t0 = time.perf_counter()
-  compiled = train.jitted(train.counts(host_batch)).lower(state, batch).compile()  # takes (state, rest, batch)
+  compiled, steps = {}, []  # (shapes, counts) -> executable taking (state, rest, batch); each batch's key
+  for host_batch, batch in zip(host_batches, batches):
+    counts = train.counts(host_batch)
+    key = (host_batch['poses'].shape, host_batch['labels'].shape, counts)
+    if key not in compiled:
+      compiled[key] = train.jitted(counts).lower(state, batch).compile()
+    steps.append(compiled[key])
   compile_s = time.perf_counter() - t0
-  state, metrics = compiled(state, rest, batch)  # warm-up
+  first_loss = None
+  for fn, batch in zip(steps, batches):  # warm-up: every executable runs once
+    state, metrics = fn(state, rest, batch)
+    first_loss = float(metrics['loss']) if first_loss is None else first_loss
   jax.block_until_ready(metrics)
   t0 = time.perf_counter()
-  for _ in range(_STEPS.value):
-    state, metrics = compiled(state, rest, batch)
+  for i in range(_STEPS.value):
+    state, metrics = steps[i % len(steps)](state, rest, batches[i % len(steps)])
   jax.block_until_ready(metrics)
   seconds = (time.perf_counter() - t0) / _STEPS.value
+  host_batch, batch = host_batches[0], batches[0]
 
   step_flops = flops_lib.train_step_flops(graphdef, state.params, rest, batch)
   memory = jax.devices()[0].memory_stats() or {}  # None on CPU
   peak = flops_lib.device_peak_flops(jax.devices()[0], _PEAK.value)
-  real_tokens = float(host_batch['pose_mask'].sum() + host_batch['label_mask'].sum())
+  real_tokens = float(np.mean([b['pose_mask'].sum() + b['label_mask'].sum() for b in host_batches]))
   result = {
       'config': _CONFIG.value.model.family, 'device': jax.devices()[0].device_kind,
       'num_devices': jax.device_count(), 'batch_size': batch_size, 'frames': _FRAMES.value,
@@ -85,7 +148,7 @@ def main(argv):
       'examples_per_s': batch_size / seconds, 'tokens_per_s': real_tokens / seconds,
       'tflops_per_s': step_flops / seconds / 1e12,
       'mfu': (step_flops / seconds / (peak * jax.device_count())) if peak else None,
-      'loss': float(metrics['loss']),
+      'loss': float(metrics['loss']), 'first_loss': first_loss, 'compiled_steps': len(compiled),
       'trainable_params': lora.count_weights(state.params),
       'peak_memory_gib': memory.get('peak_bytes_in_use', 0) / 2**30 or None,
   }
