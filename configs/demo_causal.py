@@ -34,9 +34,12 @@ def _demo_config():
 
 def get_config():
   config = _demo_config()
-  # The corpus its figures were measured on: 8 signers, none held out (configs/demo.py now holds 4 out).
+  # The corpus and inputs its figures were measured on: 8 signers, none held out, no dominant_hand / augmentation
+  # (configs/demo.py now holds 4 signers out and uses both).
   config.data.synthetic.num_signers = 8
   config.data.synthetic.num_heldout_signers = 0
+  config.data.dominant_hand = ''
+  config.data.augment = False
   config.model.family = 'llama'
   # HF LlamaConfig fields. vocab_size covers the demo's trained tokenizer (538 ids); the special ids come from it.
   config.model.arch = ml_collections.ConfigDict(dict(

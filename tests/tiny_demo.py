@@ -11,8 +11,9 @@ DEMO = os.path.join(REPO, 'configs', 'demo.py')
 
 OVERRIDES = {
     'data.synthetic.num_train': 64, 'data.synthetic.num_val': 4, 'data.synthetic.num_test': 4,
-    # One split per CSV, uids as <split>_NNNNN (tests/test_signers.py holds signers out).
+    # One split per CSV, uids as <split>_NNNNN, poses as stored (tests/test_signers.py holds signers out).
     'data.synthetic.num_signers': 8, 'data.synthetic.num_heldout_signers': 0,
+    'data.dominant_hand': '', 'data.augment': False,
     'data.max_frames': 64, 'data.bucket_boundaries': (64,),
     'model.arch.d_model': 32, 'model.arch.d_kv': 8, 'model.arch.num_heads': 2, 'model.arch.d_ff': 64,
     'model.arch.num_layers': 1, 'model.arch.num_decoder_layers': 1, 'model.pose.hidden': 32,
