@@ -13,6 +13,7 @@ Forced tokens, counted the way HF `generate` counts them (optional attributes of
     is EOS (log-probability 0 in beam scores) unless the row ended before.
 
   tokens = generate(model, poses, pose_mask, config.decode, rng)   # i32[B, max_new_tokens], pad after EOS
+  tokens = generate(model, poses, pose_mask, config.decode, corpus=batch['corpus'])  # per-corpus prompts
 
 greedy / sample / beam_search are the pieces generate picks from; they trace inside the caller's jit (the
 trainer's decode_fn) or run eagerly. Beam search follows transformers' (5.x, vectorised) `_beam_search` step
@@ -34,7 +35,8 @@ _NEG = -1.0e9  # HF's "impossible" score; added (not assigned) the way HF does s
 
 # --- the entry point -----------------------------------------------------------------------------
 
-def generate(model, poses, pose_mask, decode_config, rng: Optional[jax.Array] = None) -> jax.Array:
+def generate(model, poses, pose_mask, decode_config, rng: Optional[jax.Array] = None,
+             corpus: Optional[jax.Array] = None) -> jax.Array:
   """Decodes with config.decode: greedy, sampling, beam search or beam sampling.
 
   Args:
@@ -43,6 +45,8 @@ def generate(model, poses, pose_mask, decode_config, rng: Optional[jax.Array] = 
     decode_config: config.decode (max_new_tokens, num_beams, length_penalty, early_stopping, do_sample,
       temperature, top_k, top_p); missing fields take their defaults.
     rng: PRNG key, required when do_sample.
+    corpus: i32[B], the rows' corpora (contract.Batch), passed to start_decode when given (an SLT model with
+      per-corpus prompts needs it; the Text* adapters take none).
   Returns:
     i32[B, max_new_tokens]: generated ids (EOS included); positions after EOS hold the pad id (and so do the
     last K columns when the model has K forced prefix tokens, see the module docstring).
@@ -60,10 +64,10 @@ def generate(model, poses, pose_mask, decode_config, rng: Optional[jax.Array] = 
     return beam_search(model, poses, pose_mask, max_new, num_beams,
                        length_penalty=float(get('length_penalty', 1.0)),
                        early_stopping=get('early_stopping', False),
-                       rng=rng if do_sample else None, **(warp if do_sample else {}))
+                       rng=rng if do_sample else None, corpus=corpus, **(warp if do_sample else {}))
   if do_sample:
-    return sample(model, poses, pose_mask, max_new, rng, **warp)
-  return greedy(model, poses, pose_mask, max_new)
+    return sample(model, poses, pose_mask, max_new, rng, corpus=corpus, **warp)
+  return greedy(model, poses, pose_mask, max_new, corpus=corpus)
 
 
 # --- logits warpers (HF's Temperature / TopK / TopP logits processors, in that order) --------------
@@ -113,10 +117,17 @@ def _pad_columns(tokens: jax.Array, width: int, pad: int) -> jax.Array:
 
 # --- one token per row: greedy and sampling --------------------------------------------------------
 
-def _token_loop(model, poses, pose_mask, max_new_tokens: int, choose, rng=None):
+def _start(model, poses, pose_mask, n: int, corpus):
+  """model.start_decode, with the rows' corpora only when given (the Text* adapters take none)."""
+  if corpus is None:
+    return model.start_decode(poses, pose_mask, n)
+  return model.start_decode(poses, pose_mask, n, corpus=corpus)
+
+
+def _token_loop(model, poses, pose_mask, max_new_tokens: int, choose, rng=None, corpus=None):
   """Shared loop of greedy / sampling. choose(logits f32[B, V], key) -> i32[B]."""
   n, _, forced_eos = _forced(model, max_new_tokens)
-  logits, state = model.start_decode(poses, pose_mask, n)
+  logits, state = _start(model, poses, pose_mask, n, corpus)
   # NNX modules must not be closed over by JAX control flow (an nnx.scan inside would see variables of a
   # foreign trace level): the model's variables travel in the loop carry and are merged inside the body.
   graphdef, variables = nnx.split(model)
@@ -149,21 +160,23 @@ def _token_loop(model, poses, pose_mask, max_new_tokens: int, choose, rng=None):
   return _pad_columns(jax.lax.while_loop(cond, body, carry)[3], max_new_tokens, pad)
 
 
-def greedy(model, poses, pose_mask, max_new_tokens: int):
+def greedy(model, poses, pose_mask, max_new_tokens: int, corpus=None):
   """Greedy decoding (HF `generate(do_sample=False, num_beams=1)`).
 
   Args:
     model: a contract.DecodingModel (an SLT model, or a Text* adapter below).
     poses: f32[B, T, K, C]; pose_mask: bool[B, T].
     max_new_tokens: tokens generated at most (EOS and forced prefix tokens included, as HF counts).
+    corpus: i32[B], the rows' corpora (per-corpus prompts; see generate).
   Returns:
     i32[B, max_new_tokens]: generated ids; positions after EOS hold the pad id.
   """
-  return _token_loop(model, poses, pose_mask, max_new_tokens, lambda logits, _: jnp.argmax(logits, axis=-1))
+  return _token_loop(model, poses, pose_mask, max_new_tokens, lambda logits, _: jnp.argmax(logits, axis=-1),
+                     corpus=corpus)
 
 
 def sample(model, poses, pose_mask, max_new_tokens: int, rng: jax.Array, *, temperature: float = 1.0,
-           top_k: int = 0, top_p: float = 1.0):
+           top_k: int = 0, top_p: float = 1.0, corpus=None):
   """Ancestral sampling with temperature / top-k / top-p; the same key gives the same tokens.
 
   The draw of step i uses fold_in(rng, i), so a row's tokens depend on the key and the batch's shape.
@@ -171,7 +184,7 @@ def sample(model, poses, pose_mask, max_new_tokens: int, rng: jax.Array, *, temp
   """
   def choose(logits, key):
     return jax.random.categorical(key, warp_logits(logits, temperature, top_k, top_p), axis=-1)
-  return _token_loop(model, poses, pose_mask, max_new_tokens, choose, rng)
+  return _token_loop(model, poses, pose_mask, max_new_tokens, choose, rng, corpus)
 
 
 # --- beam search -----------------------------------------------------------------------------------
@@ -195,7 +208,8 @@ def _take_beams(x: jax.Array, idx: jax.Array) -> jax.Array:
 
 def beam_search(model, poses, pose_mask, max_new_tokens: int, num_beams: int, *, length_penalty: float = 1.0,
                 early_stopping: Union[bool, str] = False, rng: Optional[jax.Array] = None,
-                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, return_all: bool = False):
+                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, return_all: bool = False,
+                corpus=None):
   """Beam search as transformers' `generate(num_beams=K)` (beam sampling when rng is given).
 
   Each step takes the top 2K continuations of all beams by accumulated log-probability; those ending in
@@ -216,7 +230,7 @@ def beam_search(model, poses, pose_mask, max_new_tokens: int, num_beams: int, *,
   k = num_beams
   cands = 2 * k  # HF keeps max(2, 1 + number of EOS ids) * K candidates; we have one EOS id.
   eos, pad = model.eos_id, model.pad_id
-  logits, state = model.start_decode(poses, pose_mask, n)
+  logits, state = _start(model, poses, pose_mask, n, corpus)  # corpus i32[B]: as greedy's
   b, vocab = logits.shape
   # Decode the source once, then give every beam its copy (rows b*K .. b*K+K-1).
   logits, state = jax.tree.map(lambda x: jnp.repeat(x, k, axis=0), (logits, state))

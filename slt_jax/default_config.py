@@ -265,6 +265,9 @@ def mixture_corpus(**fields) -> ml_collections.ConfigDict:
       source='csv', train_path='', val_path='', test_path='', pose_dir='', text_column='text',
       tfds=get_config().data.tfds,
       weight=1.0,  # training batches from this corpus: weight / sum of the corpora's weights (> 0 with train_path).
+      # This corpus's model.prompt / model.tgt_lang (mBART language code): one model serves several sign / spoken
+      # languages, each row getting its corpus's (batch['corpus']; translate --corpus=NAME). '' = the model's.
+      prompt='', tgt_lang='',
   ))
   tfds = fields.pop('tfds', {})
   corpus.update(fields)
@@ -381,6 +384,7 @@ def validate(config, require_data: bool = True) -> None:
   _validate_synthetic(d.synthetic)
   _validate_dominant_hand(d)
   _validate_mixture(d)
+  _validate_corpus_langs(config)
   if t.best_metric not in _BEST_METRICS:
     raise ConfigError(f'training.best_metric must be one of {_BEST_METRICS} (validation metrics, the highest value '
                       f'is the best), got {t.best_metric!r}')
@@ -457,6 +461,29 @@ def _validate_mixture(d) -> None:
     trained += bool(has_train)
   if not trained:
     raise ConfigError('data.mixture: no corpus has a training split (train_path, or tfds.train_split)')
+
+
+# Families whose tokenizers have target-language codes (model.tgt_lang, data.mixture.NAME.tgt_lang).
+_LANG_CODE_FAMILIES = ('mbart',)
+
+
+def _validate_corpus_langs(config) -> None:
+  """data.mixture.NAME.tgt_lang needs a family with language codes (the codes themselves are checked against the
+  tokenizer when the model is built, slt.build_model, before any step)."""
+  d, m = config.data, config.model
+  langs = {name: d.mixture[name].get('tgt_lang', '') for name in (d.mixture or {}).keys()}
+  langs = {name: lang for name, lang in langs.items() if lang}
+  if not langs:
+    return
+  family = m.family
+  if m.name and os.path.exists(os.path.join(m.name, 'config.json')):
+    with open(os.path.join(m.name, 'config.json'), encoding='utf-8') as f:
+      family = json.load(f).get('model_type', family)
+  if family not in _LANG_CODE_FAMILIES:
+    name = sorted(langs)[0]
+    raise ConfigError(f'data.mixture.{name}.tgt_lang={langs[name]!r}: a target-language code is a forced first '
+                      f'decoder token of {_LANG_CODE_FAMILIES}, and the model is {family!r}; give that corpus a '
+                      f'prompt (data.mixture.{name}.prompt) instead')
 
 
 def _validate_init_from(t) -> None:

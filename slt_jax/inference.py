@@ -54,11 +54,13 @@ def restore(config, workdir: str, tokenizer, pose_dim: int, step: int | None = N
 
 
 def make_decode_fn(graphdef, decode_config, seed: int = 0):
-  """jit of `(params, rest, poses, pose_mask) -> ids i32[B, max_new_tokens]` decoding with config.decode."""
+  """jit of `(params, rest, poses, pose_mask, corpus=None) -> ids i32[B, max_new_tokens]` decoding with
+  config.decode; corpus i32[B]: the rows' corpora (batch['corpus'], for per-corpus prompts)."""
   decode_config = decode_config.to_dict()  # plain values, closed over as compile-time constants
   rng = jax.random.PRNGKey(seed) if decode_config.get('do_sample') else None
 
   @jax.jit
-  def decode_fn(params, rest, poses, pose_mask):
-    return decode_lib.generate(nnx.merge(graphdef, params, rest), poses, pose_mask, decode_config, rng)
+  def decode_fn(params, rest, poses, pose_mask, corpus=None):
+    return decode_lib.generate(nnx.merge(graphdef, params, rest), poses, pose_mask, decode_config, rng,
+                               corpus=corpus)
   return decode_fn

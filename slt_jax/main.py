@@ -41,6 +41,8 @@ _RENDER = flags.DEFINE_bool('render', False, 'translate: also write each input a
                             'translation as subtitle, next to the --output TSV (FILE_videos/).')
 _RENDER_FORMAT = flags.DEFINE_enum('render_format', 'gif', ['gif', 'mp4'], 'show, translate --render: animation '
                                    'format.')
+_CORPUS = flags.DEFINE_string('corpus', None, 'translate: the data.mixture corpus whose prompt / tgt_lang the '
+                              'inputs get (default: the first; required when the corpora\'s prompts differ).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
@@ -91,7 +93,7 @@ def main(argv):
     if not _INPUTS.value:
       raise app.UsageError('--mode=translate needs --inputs=FILE.pose,VIDEO.mp4,FOLDER,...')
     results = translate.translate(config, workdir, _INPUTS.value, _OUTPUT.value, pose_env=_POSE_ENV.value,
-                                  render=_RENDER.value, render_format=_RENDER_FORMAT.value)
+                                  render=_RENDER.value, render_format=_RENDER_FORMAT.value, corpus=_CORPUS.value)
     compile_cache.log_stats()
     return
   elif _MODE.value == 'show':

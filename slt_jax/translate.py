@@ -1,7 +1,10 @@
 """--mode=translate: `.pose` files and videos (or folders of them) in, one translation per file out.
 
   python -m slt_jax.main --config=configs/demo.py --workdir=runs/demo --mode=translate \
-      --inputs=a.pose,clip.mp4,poses_dir/ [--output=translations.tsv] [--pose_env=DIR]
+      --inputs=a.pose,clip.mp4,poses_dir/ [--output=translations.tsv] [--pose_env=DIR] [--corpus=NAME]
+
+--corpus: a run on a data.mixture whose corpora have their own prompt / tgt_lang translates the inputs as that
+corpus's (default: the first corpus; required when the prompts differ).
 
 Videos get MediaPipe Holistic poses from an extractor environment of their own (data/video.py), cached in
 WORKDIR/video_poses/.
@@ -22,6 +25,7 @@ from slt_jax.data import pipeline
 from slt_jax.data import pose_io
 from slt_jax.data import tokenizer as tokenizer_lib
 from slt_jax.data import video
+from slt_jax.models import contract
 
 
 def _pad_batch(arrays: list[pose_io.PoseArrays], batch_size: int, frames: int, visibility_channel: bool):
@@ -39,11 +43,29 @@ def _pad_batch(arrays: list[pose_io.PoseArrays], batch_size: int, frames: int, v
   return poses, mask
 
 
+def corpus_number(config, corpus: str | None) -> int:
+  """The number (batch['corpus']) of the corpus named `corpus` among the run's (contract.corpus_names); None: the
+  first, unless the corpora's prompts / tgt_langs differ (the inputs' language is then not known)."""
+  names = contract.corpus_names(config)
+  if corpus is None:
+    differ = [f for f in ('prompt', 'tgt_lang') if len(set(contract.per_corpus(config, f))) > 1]
+    if differ:
+      raise ValueError(f'the corpora {names} have different {" / ".join(differ)}s: say which one the inputs are '
+                       'with --corpus=NAME')
+    return 0
+  if corpus not in names or not corpus:
+    known = [n for n in names if n]
+    raise ValueError(f'--corpus={corpus!r} is not a corpus of this run: ' +
+                     (f'its corpora are {known}' if known else 'it has no data.mixture (leave --corpus out)'))
+  return names.index(corpus)
+
+
 def translate(config, workdir: str, inputs: list[str], output: str | None = None,
               batch_size: int = 16, pose_env: str | None = None, render: bool = False,
-              render_format: str = 'gif') -> list[tuple[str, str]]:
+              render_format: str = 'gif', corpus: str | None = None) -> list[tuple[str, str]]:
   """Translates every readable `.pose` file and video of `inputs`; returns [(path, translation)] and
-  prints/writes them. pose_env: the video pose extractor's environment (None: video.default_env_dir())."""
+  prints/writes them. pose_env: the video pose extractor's environment (None: video.default_env_dir()).
+  corpus: the data.mixture corpus the inputs are of (corpus_number)."""
   if render:  # videos with the translation as subtitle, next to the TSV (show.py): checked before any work
     from slt_jax import show  # pylint: disable=g-import-not-at-top
     if not output:
@@ -51,6 +73,7 @@ def translate(config, workdir: str, inputs: list[str], output: str | None = None
     if render_format not in show.FORMATS:
       raise ValueError(f'translate --render_format must be one of {show.FORMATS}, got {render_format!r}')
   config = run_config.for_inference(config, workdir, strict=False)
+  corpus_ids = np.full((batch_size,), corpus_number(config, corpus), np.int32)  # before any work
   options = pose_io.PoseOptions.from_config(config.data)
   tokenizer = tokenizer_lib.get_tokenizer(config, workdir, texts=[])
   k, c = pipeline.pose_feature_shape(config)
@@ -75,7 +98,7 @@ def translate(config, workdir: str, inputs: list[str], output: str | None = None
     frames = next((b for b in bounds if b >= longest), longest)  # few distinct shapes -> few compilations
     poses, mask = _pad_batch([a for _, a in chunk], batch_size, frames,
                              bool(config.data.get('visibility_channel', False)))
-    ids = np.asarray(jax.device_get(decode_fn(model.params, model.rest, poses, mask)))
+    ids = np.asarray(jax.device_get(decode_fn(model.params, model.rest, poses, mask, corpus_ids)))
     for (path, _), row in zip(chunk, ids):
       results.append((path, tokenizer.decode(row.tolist())))
 

@@ -17,6 +17,7 @@ Each batch (per host: global batch size / number of hosts rows):
   label_mask   bool[B, L]       real tokens (incl. EOS)
   example_mask bool[B]          False on filler rows (eval only)
   index        i32[B]           row in `SplitData.rows` (-1 on filler rows)
+  corpus       i32[B]           the row's corpus, its number in contract.corpus_names (0: filler rows, no mixture)
 
 How: each split is preprocessed once (pose_io in Python) into TFRecord shards under
 `config.data.cache_dir or WORKDIR/cache`, in a folder keyed by a hash of the CSV bytes, pose_dir and
@@ -482,8 +483,9 @@ def _bucket(length, bounds):
   return tf.minimum(tf.reduce_sum(tf.cast(bounds < length, tf.int32)), len(bounds) - 1)
 
 
-def _finish(batch, label_table, label_lengths, config, tokenizer, example_mask=None):
-  """Padded example dicts -> the batch layout of the module docstring (adds labels)."""
+def _finish(batch, label_table, label_lengths, row_corpora, config, tokenizer, example_mask=None):
+  """Padded example dicts -> the batch layout of the module docstring (adds labels and corpus numbers;
+  row_corpora: i32[rows], _row_corpora)."""
   d = config.data
   points, visible, index = batch['points'], batch['visible'], batch['index']
   safe_index = tf.maximum(index, 0)
@@ -502,7 +504,7 @@ def _finish(batch, label_table, label_lengths, config, tokenizer, example_mask=N
     example_mask = index >= 0
   return {'poses': points, 'pose_mask': tf.sequence_mask(batch['length'], tf.shape(points)[1]),
           'labels': labels, 'label_mask': label_mask, 'example_mask': example_mask,
-          'index': index}
+          'index': index, 'corpus': tf.where(index >= 0, tf.gather(row_corpora, safe_index), 0)}
 
 
 def _with_length(ex):
@@ -748,6 +750,16 @@ def _corpus_rows(caches) -> tuple[list, dict]:
   return rows, ranges
 
 
+def _row_corpora(config, num_rows: int, ranges: dict) -> np.ndarray:
+  """i32[rows]: each row's corpus number (contract.corpus_names: sorted data.mixture names), from the
+  {corpus: (start, stop)} of _corpus_rows; 0 without a mixture."""
+  numbers = {name: i for i, name in enumerate(contract.corpus_names(config))}
+  out = np.zeros(num_rows, np.int32)
+  for name, (start, stop) in ranges.items():
+    out[start:stop] = numbers[name]
+  return out
+
+
 def _point_shape(caches) -> tuple[int, int]:
   """(K, C) of a split's caches, the same for every corpus (one keypoint preset reads each one's layout)."""
   shapes = {(s.corpus, c.meta['num_points'], c.meta['num_coords']) for s, c in caches}
@@ -761,6 +773,7 @@ def _train_split(config, tokenizer, caches, shard_index, num_shards) -> SplitDat
   d, t = config.data, config.training
   rows, corpora = _corpus_rows(caches)
   table, lengths = _label_table(rows, tokenizer, d.max_target_length)
+  row_corpora = _row_corpora(config, len(rows), corpora)
   batch = _per_host_batch(t.batch_size, num_shards, 'training.batch_size')
   bounds = _boundaries(config)
   k, c = _point_shape(caches)
@@ -809,7 +822,7 @@ def _train_split(config, tokenizer, caches, shard_index, num_shards) -> SplitDat
       return points, visible, index, length
 
   def make(start_step: int) -> tf.data.Dataset:
-    table_t, lengths_t = tf.constant(table), tf.constant(lengths)
+    table_t, lengths_t, corpora_t = tf.constant(table), tf.constant(lengths), tf.constant(row_corpora)
 
     def load(step):
       points, visible, index, length = tf.numpy_function(
@@ -819,7 +832,7 @@ def _train_split(config, tokenizer, caches, shard_index, num_shards) -> SplitDat
       index.set_shape([batch])
       length.set_shape([batch])
       b = {'points': points, 'visible': visible, 'index': index, 'length': length}
-      return _finish(b, table_t, lengths_t, config, tokenizer)
+      return _finish(b, table_t, lengths_t, corpora_t, config, tokenizer)
 
     ds = tf.data.Dataset.range(int(start_step), _FOREVER)
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)  # ordered: options.deterministic
@@ -840,6 +853,7 @@ def _eval_split(config, tokenizer, caches, split, shard_index, num_shards) -> Sp
   d = config.data
   rows, corpora = _corpus_rows(caches)
   table, lengths = _label_table(rows, tokenizer, d.max_target_length)
+  row_corpora = _row_corpora(config, len(rows), corpora)
   batch = _per_host_batch(config.training.eval_batch_size, num_shards, 'training.eval_batch_size')
   bounds = _boundaries(config)
   k, c = _point_shape(caches)
@@ -852,11 +866,12 @@ def _eval_split(config, tokenizer, caches, split, shard_index, num_shards) -> Sp
   def make(start_step: int = 0) -> tf.data.Dataset:
     del start_step
     table_t, lengths_t, bounds_t = tf.constant(table), tf.constant(lengths), tf.constant(bounds)
+    corpora_t = tf.constant(row_corpora)
     parts = [_eval_batches(cache, offset, n_fill, batch, bounds_t, bounds, shard_index, num_shards,
                            float(d.get('max_in_memory_gb', 2.0)) * 2**30)
              for (_, cache), offset, n_fill in zip(caches, np.cumsum([0] + sizes[:-1]).tolist(), fillers)]
     ds = functools.reduce(lambda a, b: a.concatenate(b), parts)
-    ds = ds.map(lambda b: _finish(b, table_t, lengths_t, config, tokenizer))
+    ds = ds.map(lambda b: _finish(b, table_t, lengths_t, corpora_t, config, tokenizer))
     return ds.prefetch(2).with_options(_options())
 
   return SplitData(split, rows, _skipped(caches), batch, len(rows), num_batches,

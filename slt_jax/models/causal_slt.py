@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from slt_jax.models import decoder, hf, lora
+from slt_jax.models import contract, decoder, hf, lora
+from slt_jax.models.corpus_prompts import PromptTable
 from slt_jax.models import layers as L
 from slt_jax.models.pose_frontend import PoseFrontEnd
 from slt_jax.models.token_rows import TokenCounts, TokenRows
@@ -102,7 +103,10 @@ class CausalSLT(nnx.Module):
 
   def __init__(self, lm: decoder.Decoder, encoder: PoseEncoder, *, eos_id: int, pad_id: int,
                prefix_ids: Sequence[int] = (), suffix_ids: Sequence[int] = (), bidirectional_prompt: bool = False,
+               prefix_table: Optional[PromptTable] = None, suffix_table: Optional[PromptTable] = None,
                rngs: nnx.Rngs):
+    """prefix_table / suffix_table: per-corpus prompts (corpus_prompts.PromptTable, left-padded so the last
+    position still predicts the first target), in place of prefix_ids / suffix_ids (then corpus 0's)."""
     self.lm, self.encoder = lm, encoder
     # A prefix LM (as prefix-LM SLT models): the prompt (poses included) attends to itself both ways.
     self.bidirectional_prompt = bool(bidirectional_prompt)
@@ -110,7 +114,11 @@ class CausalSLT(nnx.Module):
     self.vocab_size = int(lm.config.vocab_size)
     self.prefix_ids = tuple(int(i) for i in prefix_ids)
     self.suffix_ids = tuple(int(i) for i in suffix_ids)
-    if not self.suffix_ids:
+    self.prefix_table, self.suffix_table = prefix_table, suffix_table
+    if suffix_table is not None and not all(suffix_table.rows):
+      raise ValueError('the corpora\'s prompts have text after the poses in some corpora only (model.chat_template '
+                       'with some tokenizers): give every corpus the same model.chat_template setting')
+    if not (self.suffix_ids or suffix_table):
       dim = lm.config.hidden_size
       init = L.normal(1 / math.sqrt(dim))(rngs.params(), (dim,), lm.embed_tokens.embedding[...].dtype)
       self.answer_start = nnx.Param(init, out_sharding=('embed',), eager_sharding=False)
@@ -120,26 +128,44 @@ class CausalSLT(nnx.Module):
     x = self.lm.embed(jnp.asarray(ids, jnp.int32)[None])
     return jnp.broadcast_to(x, (batch,) + x.shape[1:])
 
-  def prompt(self, poses, pose_mask, rngs=None):
-    """-> (embeddings [B, P, hidden], mask bool[B, P]); the last position predicts the first target."""
+  def _text(self, ids, table: Optional[PromptTable], corpus, b: int):
+    """A text part of the prompt -> (embeddings [B, n, hidden], mask bool[B, n]): the ids, or with a table each
+    row's corpus's (left-padded: the masked positions are skipped as pose padding is)."""
+    if table is None:
+      return self._tokens(ids, b), jnp.ones((b, len(ids)), bool)
+    tokens, mask = table.take(corpus)
+    return self.lm.embed(tokens), mask
+
+  def _text_width(self) -> int:
+    """The prompt's positions around the poses (the tables' widths)."""
+    pre = self.prefix_table.width if self.prefix_table else len(self.prefix_ids)
+    post = self.suffix_table.width if self.suffix_table else len(self.suffix_ids) or 1
+    return pre + post
+
+  def prompt(self, poses, pose_mask, rngs=None, corpus=None):
+    """-> (embeddings [B, P, hidden], mask bool[B, P]); the last position predicts the first target.
+    corpus i32[B]: the rows' corpora, needed with per-corpus prompts (prefix_table / suffix_table)."""
     pose, mask = self.encoder(poses, pose_mask, rngs=rngs)
     b = pose.shape[0]
-    parts = [pose.astype(self.lm.dtype)]
-    if self.prefix_ids:
-      parts.insert(0, self._tokens(self.prefix_ids, b))
-    if self.suffix_ids:
-      parts.append(self._tokens(self.suffix_ids, b))
+    parts, masks = [pose.astype(self.lm.dtype)], [mask]
+    if self.prefix_ids or self.prefix_table:
+      x, m = self._text(self.prefix_ids, self.prefix_table, corpus, b)
+      parts.insert(0, x)
+      masks.insert(0, m)
+    if self.suffix_ids or self.suffix_table:
+      x, m = self._text(self.suffix_ids, self.suffix_table, corpus, b)
+      parts.append(x)
+      masks.append(m)
     else:
       parts.append(jnp.broadcast_to(self.answer_start[...].astype(self.lm.dtype), (b, 1, pose.shape[-1])))
-    n_pre, n_post = len(self.prefix_ids), parts[-1].shape[1]
-    mask = jnp.concatenate([jnp.ones((b, n_pre), bool), mask, jnp.ones((b, n_post), bool)], axis=1)
-    return jnp.concatenate(parts, axis=1), mask
+      masks.append(jnp.ones((b, 1), bool))
+    return jnp.concatenate(parts, axis=1), jnp.concatenate(masks, axis=1)
 
   # -- contract.SLTModel -----------------------------------------------------------------------------
   def _sequence(self, batch: dict, rngs):
     """-> (the LLM's input [B, P + L - 1, hidden]: the prompt, then the labels shifted right; the prompt's
     mask bool[B, P]; P). The prompt's last position predicts labels[:, 0]."""
-    x, mask = self.prompt(batch['poses'], batch['pose_mask'], rngs=rngs)
+    x, mask = self.prompt(batch['poses'], batch['pose_mask'], rngs=rngs, corpus=batch.get('corpus'))
     targets = self.lm.embed(batch['labels'][:, :-1].astype(jnp.int32))
     return jnp.concatenate([x, targets], axis=1), mask, x.shape[1]
 
@@ -168,7 +194,7 @@ class CausalSLT(nnx.Module):
     label_mask = batch['label_mask'].astype(bool)
     # Position p + i holds labels[:, i] and predicts labels[:, i + 1]: a token only if that label is one.
     mask = jnp.concatenate([prompt_mask, label_mask[:, 1:]], axis=1)
-    text = len(self.prefix_ids) + (len(self.suffix_ids) or 1)  # the prompt's positions around the poses
+    text = self._text_width()  # the prompt's positions around the poses
     shards, block = counts.shards, b // counts.shards  # rows gathered within each block of the batch (a mesh)
     num_prompt = self.encoder.frontend.max_outputs(counts.frames, block) + block * text
     rows = TokenRows.from_mask(mask, min(num_prompt + counts.labels, mask.size // shards), shards, counts.blocks)
@@ -185,9 +211,10 @@ class CausalSLT(nnx.Module):
       logits = self.lm.head(targets.gather(by_block(h)))
     return logits, targets.gather(labels), targets.gather(is_target)
 
-  def start_decode(self, poses: jax.Array, pose_mask: jax.Array, max_new_tokens: int):
-    """-> (logits f32[B, V] of the first generated token, state: decoder.DecodeState, batch-first)."""
-    x, mask = self.prompt(poses, pose_mask)
+  def start_decode(self, poses: jax.Array, pose_mask: jax.Array, max_new_tokens: int, corpus=None):
+    """-> (logits f32[B, V] of the first generated token, state: decoder.DecodeState, batch-first).
+    corpus i32[B]: the rows' corpora (per-corpus prompts)."""
+    x, mask = self.prompt(poses, pose_mask, corpus=corpus)
     state = self.lm.init_state(x.shape[0], x.shape[1] + max_new_tokens)
     return self.lm.extend(state, inputs_embeds=x, attention_mask=mask, last_only=True,
                           bidirectional=self.bidirectional_prompt)
@@ -274,7 +301,12 @@ def build_causal_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, t
   cfg = lm.config
   if vocab_size > cfg.vocab_size:
     raise ValueError(f'the tokenizer has {vocab_size} ids but the LLM only {cfg.vocab_size} embeddings')
-  prefix, suffix = prompt_ids(tokenizer, mc.prompt, chat_template=mc.chat_template, bos_id=cfg.bos_token_id)
+  # Per corpus (data.mixture.NAME.prompt, else model.prompt); a table only where the corpora's ids differ.
+  prompts = [prompt_ids(tokenizer, p, chat_template=mc.chat_template, bos_id=cfg.bos_token_id)
+             for p in contract.per_corpus(config, 'prompt')]
+  prefix, suffix = prompts[0]
+  prefix_table = PromptTable.of([p for p, _ in prompts], 'the prompt before the poses (model.prompt)')
+  suffix_table = PromptTable.of([s for _, s in prompts], 'the prompt after the poses (model.prompt)')
   eos = tokenizer.eos_id if tokenizer is not None else _first(cfg.eos_token_id)
   pad = tokenizer.pad_id if tokenizer is not None else cfg.pad_token_id
   if eos is None:
@@ -285,7 +317,8 @@ def build_causal_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, t
       num_heads=mc.pose_encoder.num_heads, dropout=mc.pose.dropout, dtype=dtype, param_dtype=param_dtype,
       rngs=rngs, out_rms=embedding_rms(lm) if mc.get('projector_norm', False) else None)
   return CausalSLT(lm, encoder, eos_id=eos, pad_id=eos if pad is None else pad, prefix_ids=prefix,
-                   suffix_ids=suffix, bidirectional_prompt=mc.get('bidirectional_prompt', False), rngs=rngs)
+                   suffix_ids=suffix, bidirectional_prompt=mc.get('bidirectional_prompt', False),
+                   prefix_table=prefix_table, suffix_table=suffix_table, rngs=rngs)
 
 
 def count_params_abstract(config, pose_dim: int = 1) -> dict:

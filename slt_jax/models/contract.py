@@ -8,6 +8,8 @@ A batch is a plain dict (what tf.data yields, what jit takes and shards); `Batch
   label_mask   bool[B, L]       real tokens (incl. EOS)
   example_mask bool[B]          False on filler rows (the eval batches' last one)          (host-side extra)
   index        i32[B]           row of the split (SplitData.rows), -1 on filler rows        (host-side extra)
+  corpus       i32[B]           the row's corpus: its number in corpus_names(config), 0 on filler rows and
+                                without data.mixture (optional: the model reads it for per-corpus prompts)
 
 The model reads MODEL_KEYS (`model_batch(batch)`); the trainer puts DEVICE_KEYS on the mesh (the extras feed
 the eval masks and the predictions files).
@@ -33,11 +35,30 @@ class Batch(TypedDict, total=False):
   label_mask: Any    # bool[B, L]
   example_mask: Any  # bool[B]
   index: Any         # i32[B]
+  corpus: Any        # i32[B]
 
 
-MODEL_KEYS = ('poses', 'pose_mask', 'labels', 'label_mask')  # what the model's __call__ / token_logits read
+REQUIRED_MODEL_KEYS = ('poses', 'pose_mask', 'labels', 'label_mask')
+# What the model's __call__ / token_logits read; 'corpus' only where the batch has it (hand-made batches may
+# lack it: a model with one prompt does not need it).
+MODEL_KEYS = REQUIRED_MODEL_KEYS + ('corpus',)
 HOST_KEYS = ('example_mask', 'index')                        # the extras the input pipeline adds
 DEVICE_KEYS = MODEL_KEYS + HOST_KEYS                          # what goes onto the devices
+
+
+def corpus_names(config) -> list:
+  """The corpora of a run, in the order of their numbers (batch['corpus']): sorted data.mixture names, or ['']
+  (one corpus) without a mixture."""
+  mixture = config.data.get('mixture', None)
+  return sorted(mixture.keys()) if mixture else ['']
+
+
+def per_corpus(config, field: str) -> list:
+  """model.<field> (prompt / tgt_lang) of each corpus, in corpus_names order: data.mixture.NAME.<field>, or the
+  run's model.<field> where that is '' (and without a mixture)."""
+  default = config.model.get(field, '')
+  mixture = config.data.get('mixture', None)
+  return [(mixture[name].get(field, '') if name else '') or default for name in corpus_names(config)]
 
 
 def _specs(batch_size: int, frames: int, keypoints: int, channels: int, label_len: int) -> dict:
@@ -45,7 +66,7 @@ def _specs(batch_size: int, frames: int, keypoints: int, channels: int, label_le
   b = batch_size
   return {'poses': ((b, frames, keypoints, channels), jnp.float32), 'pose_mask': ((b, frames), jnp.bool_),
           'labels': ((b, label_len), jnp.int32), 'label_mask': ((b, label_len), jnp.bool_),
-          'example_mask': ((b,), jnp.bool_), 'index': ((b,), jnp.int32)}
+          'example_mask': ((b,), jnp.bool_), 'index': ((b,), jnp.int32), 'corpus': ((b,), jnp.int32)}
 
 
 def abstract(batch_size: int, frames: int, keypoints: int, channels: int, label_len: int, *,
@@ -64,15 +85,17 @@ def zeros(batch_size: int, frames: int, keypoints: int, channels: int, label_len
 
 
 def model_batch(batch) -> dict:
-  """The fields the model reads (MODEL_KEYS) of a batch that may hold more (the host-side extras)."""
-  return {k: batch[k] for k in MODEL_KEYS}
+  """The fields the model reads (MODEL_KEYS; 'corpus' where the batch has it) of a batch that may hold more
+  (the host-side extras)."""
+  return {k: batch[k] for k in MODEL_KEYS if k in REQUIRED_MODEL_KEYS or k in batch}
 
 
 @runtime_checkable
 class DecodingModel(Protocol):
   """What decode.generate drives: a model with incremental decoding.
 
-  start_decode(poses f32[B, T, K, C] (or input_ids i32[B, S]), pose_mask bool[B, T], max_new_tokens)
+  start_decode(poses f32[B, T, K, C] (or input_ids i32[B, S]), pose_mask bool[B, T], max_new_tokens,
+               corpus i32[B] (SLT models: the rows' corpora, for per-corpus prompts; the Text* adapters take none))
     -> (logits f32[B, V] of the first generated token, state: a pytree whose leaves are batch-first);
   decode_step(state, tokens i32[B] just chosen) -> (logits f32[B, V] of the next token, new state).
   eos_id / pad_id: decoding stops on eos_id and pads after it; vocab_size: V.
@@ -85,7 +108,8 @@ class DecodingModel(Protocol):
   vocab_size: int
   forced_eos: bool
 
-  def start_decode(self, poses: jax.Array, pose_mask: jax.Array, max_new_tokens: int) -> tuple[jax.Array, Any]:
+  def start_decode(self, poses: jax.Array, pose_mask: jax.Array, max_new_tokens: int,
+                   corpus: Optional[jax.Array] = None) -> tuple[jax.Array, Any]:
     ...
 
   def decode_step(self, state: Any, tokens: jax.Array) -> tuple[jax.Array, Any]:

@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from slt_jax.models import causal_slt, hf, lora, registry
+from slt_jax.models import causal_slt, contract, hf, lora, registry
 from slt_jax.models import layers as L
+from slt_jax.models.corpus_prompts import PromptTable
 from slt_jax.models.pose_frontend import PoseFrontEnd
 from slt_jax.models.token_rows import TokenCounts, TokenRows
 
@@ -31,41 +32,72 @@ class Seq2SeqSLT(nnx.Module):
   prompt_ids: text tokens embedded with the lm's own embedding and put before the pose embeddings
   (Uni-Sign style); decoder_prefix: token ids fed to the decoder before the first label. forced_eos: decoding
   ends a row that reaches max_new_tokens with EOS (HF's forced_eos_token_id, set by (m)BART checkpoints).
+  Per-corpus prompts / language codes (data.mixture.NAME.prompt / tgt_lang): prompt_table / prefix_table
+  (corpus_prompts.PromptTable) in place of prompt_ids / decoder_prefix (then corpus 0's), read by each row's
+  batch['corpus']; every corpus's decoder prefix has the same length.
   """
 
   def __init__(self, lm: nnx.Module, frontend: PoseFrontEnd, *, eos_id: int, pad_id: int,
-               decoder_prefix: Sequence[int], prompt_ids: Sequence[int] = (), forced_eos: bool = False):
+               decoder_prefix: Sequence[int], prompt_ids: Sequence[int] = (), forced_eos: bool = False,
+               prompt_table: Optional[PromptTable] = None, prefix_table: Optional[PromptTable] = None):
     self.lm, self.frontend = lm, frontend
     self.eos_id, self.pad_id = int(eos_id), int(pad_id)
     self.vocab_size = int(lm.config.vocab_size)
     self.decoder_prefix = tuple(int(i) for i in decoder_prefix)
     self.prompt_ids = tuple(int(i) for i in prompt_ids)
     self.forced_eos = bool(forced_eos)
+    self.prompt_table, self.prefix_table = prompt_table, prefix_table
+    if prefix_table is not None and len({len(r) for r in prefix_table.rows}) > 1:
+      raise ValueError(f'the corpora\'s decoder prefixes (decoder start, then the forced language code of '
+                       f'data.mixture.NAME.tgt_lang / model.tgt_lang) differ in length: {list(prefix_table.rows)}; '
+                       'give every corpus a tgt_lang, or none')
+
+  def _corpus_prompts(self, x: jax.Array, mask: jax.Array, corpus) -> tuple[jax.Array, jax.Array]:
+    """x [B, T, d], mask bool[B, T] -> ([B, W + T, d], bool[B, W + T]): each row's corpus's prompt, then its
+    pose embeddings right after it, then padding: a row's real tokens sit where a single-prompt model puts them
+    (learned absolute positions, BART; relative ones, T5)."""
+    ids, prompt_mask = self.prompt_table.take(corpus, left=False)                  # right-padded [B, W]
+    w, t = ids.shape[1], x.shape[1]
+    n = jnp.sum(prompt_mask, axis=1, keepdims=True)                               # [B, 1]
+    j = jnp.arange(w + t)[None]
+    src = jnp.where(j < n, j, j - n + w)   # position j: prompt token j, else pose frame j - n (at w + j - n)
+    both = jnp.concatenate([self.lm.embed(ids).astype(x.dtype), x], axis=1)
+    both_mask = jnp.concatenate([prompt_mask, mask], axis=1)
+    keep = src < w + t
+    src = jnp.minimum(src, w + t - 1)
+    x = jnp.take_along_axis(both, src[..., None], axis=1)
+    return jnp.where(keep[..., None], x, 0), jnp.take_along_axis(both_mask, src, axis=1) & keep
 
   def encode(self, poses: jax.Array, pose_mask: jax.Array, rngs=None,
              num_frames: Optional[int] = None,
-             shards: int = 1, blocks=None) -> tuple[jax.Array, jax.Array, Optional[TokenRows]]:
+             shards: int = 1, blocks=None, corpus=None) -> tuple[jax.Array, jax.Array, Optional[TokenRows]]:
     """poses f32[B, T, K, C], pose_mask bool[B, T] -> encoder states [B, S, d], mask bool[B, S], None.
 
     Padding-free, with num_frames (a static bound on the real frames of each of `shards` blocks of the batch,
     placed by `blocks`: TokenCounts):
     the encoder runs on its tokens' rows, gathered within each block, and returns (their rows [N, d], mask,
-    their TokenRows).
+    their TokenRows). corpus i32[B]: the rows' corpora (per-corpus prompts, prompt_table).
     """
     x, mask = self.frontend(poses, pose_mask, rngs=rngs)
     b = x.shape[0]
-    if self.prompt_ids:
+    prompt_len = self.prompt_table.width if self.prompt_table else len(self.prompt_ids)
+    if self.prompt_table is not None:
+      x, mask = self._corpus_prompts(x, mask, corpus)
+    elif self.prompt_ids:
       p = self.lm.embed(jnp.asarray(self.prompt_ids, jnp.int32)[None]).astype(x.dtype)
       x = jnp.concatenate([jnp.broadcast_to(p, (b,) + p.shape[1:]), x], axis=1)
       mask = jnp.concatenate([jnp.ones((b, len(self.prompt_ids)), bool), mask], axis=1)
     rows = None
     if num_frames is not None:
       block = b // shards
-      bound = self.frontend.max_outputs(num_frames, block) + block * len(self.prompt_ids)
+      bound = self.frontend.max_outputs(num_frames, block) + block * prompt_len
       rows = TokenRows.from_mask(mask, min(bound, mask.size // shards), shards, blocks)
     return self.lm.encode(inputs_embeds=x, attention_mask=mask, rngs=rngs, rows=rows), mask, rows
 
-  def _prefix(self, b: int) -> jax.Array:
+  def _prefix(self, b: int, corpus=None) -> jax.Array:
+    """-> i32[B, P]: the decoder's tokens before the first label (each row's corpus's with prefix_table)."""
+    if self.prefix_table is not None:
+      return self.prefix_table.take(corpus)[0]
     return jnp.broadcast_to(jnp.asarray(self.decoder_prefix, jnp.int32)[None], (b, len(self.decoder_prefix)))
 
   def _teacher_forced(self, batch: dict, rngs, counts: Optional[TokenCounts]):
@@ -75,10 +107,11 @@ class Seq2SeqSLT(nnx.Module):
       enc, mask, enc_rows = self.encode(batch['poses'], batch['pose_mask'], rngs=rngs,
                                         num_frames=None if counts is None else counts.frames,
                                         shards=1 if counts is None else counts.shards,
-                                        blocks=None if counts is None else counts.blocks)
+                                        blocks=None if counts is None else counts.blocks,
+                                        corpus=batch.get('corpus'))
       labels = batch['labels']
       b, p = labels.shape[0], len(self.decoder_prefix)
-      dec_in = jnp.concatenate([self._prefix(b), labels[:, :-1]], axis=1)
+      dec_in = jnp.concatenate([self._prefix(b, batch.get('corpus')), labels[:, :-1]], axis=1)
       dec_rows = None
       if counts is not None:  # the decoder's tokens: the prefix after the start token, then the labels
         dec_mask = jnp.concatenate([jnp.ones((b, p - 1), bool), batch['label_mask'].astype(bool)], axis=1)
@@ -107,11 +140,12 @@ class Seq2SeqSLT(nnx.Module):
     mask = jnp.concatenate([jnp.zeros((b, p - 1), bool), batch['label_mask'].astype(bool)], axis=1)
     return logits, rows.gather(labels), rows.gather(mask)
 
-  def start_decode(self, poses: jax.Array, pose_mask: jax.Array, max_new_tokens: int):
-    """-> (logits f32[B, V] of the first generated token, state: Seq2SeqCache, every leaf batch-first)."""
-    enc, mask, _ = self.encode(poses, pose_mask)
+  def start_decode(self, poses: jax.Array, pose_mask: jax.Array, max_new_tokens: int, corpus=None):
+    """-> (logits f32[B, V] of the first generated token, state: Seq2SeqCache, every leaf batch-first).
+    corpus i32[B]: the rows' corpora (per-corpus prompts / language codes)."""
+    enc, mask, _ = self.encode(poses, pose_mask, corpus=corpus)
     state = self.lm.init_cache(enc, mask, len(self.decoder_prefix) + max_new_tokens)
-    logits, state = self.lm.decode(self._prefix(enc.shape[0]), cache=state)
+    logits, state = self.lm.decode(self._prefix(enc.shape[0], corpus), cache=state)
     return logits[:, -1], state
 
   def decode_step(self, state: L.Seq2SeqCache, tokens: jax.Array):
@@ -201,19 +235,30 @@ def _build_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, tokeniz
   frontend = PoseFrontEnd(pose_dim, cfg.d_model, hidden=mc.pose.hidden, conv_layers=mc.pose.conv_layers,
                           conv_stride=mc.pose.conv_stride, positions=mc.pose.positions, dropout=mc.pose.dropout,
                           dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-  prefix = [cfg.decoder_start_token_id]
+  # Per corpus (data.mixture.NAME.prompt / tgt_lang, else model.*); a table only where the corpora's ids differ.
+  prompts, langs = contract.per_corpus(config, 'prompt'), contract.per_corpus(config, 'tgt_lang')
+  tok = _tokenizer(config) if any(prompts) or any(langs) else None
+  names = contract.corpus_names(config)
+  prefixes = [_decoder_prefix(cfg, tok, lang, _lang_field(config, name)) for name, lang in zip(names, langs)]
+  prompt_ids = [tok(p, add_special_tokens=False)['input_ids'] if p else () for p in prompts]
+  return Seq2SeqSLT(lm, frontend, eos_id=eos, pad_id=pad, decoder_prefix=prefixes[0], prompt_ids=prompt_ids[0],
+                    forced_eos=registry.family(family).forced_eos,
+                    prompt_table=PromptTable.of(prompt_ids, 'the encoder prompt (model.prompt)'),
+                    prefix_table=PromptTable.of(prefixes, 'the decoder prefix (model.tgt_lang)'))
+
+
+def _lang_field(config, corpus: str) -> str:
+  """The config field a corpus's tgt_lang comes from (for errors)."""
+  if corpus and config.data.mixture[corpus].get('tgt_lang', ''):
+    return f'data.mixture.{corpus}.tgt_lang'
+  return 'config.model.tgt_lang'
+
+
+def _decoder_prefix(cfg, tok, tgt_lang: str, field: str) -> list:
+  """The decoder start token, then the forced first token: tgt_lang's code, else the checkpoint's forced BOS."""
   forced = getattr(cfg, 'forced_bos_token_id', None)
-  tgt_lang = mc.get('tgt_lang', '')
-  prompt_ids = ()
-  if tgt_lang or mc.prompt:
-    tok = _tokenizer(config)
-    if tgt_lang:
-      forced = tok.convert_tokens_to_ids(tgt_lang)
-      if forced is None or forced == tok.unk_token_id:
-        raise ValueError(f'config.model.tgt_lang={tgt_lang!r} is not a token of the tokenizer')
-    if mc.prompt:
-      prompt_ids = tok(mc.prompt, add_special_tokens=False)['input_ids']
-  if forced is not None:
-    prefix.append(forced)
-  return Seq2SeqSLT(lm, frontend, eos_id=eos, pad_id=pad, decoder_prefix=prefix,
-                    prompt_ids=prompt_ids, forced_eos=registry.family(family).forced_eos)
+  if tgt_lang:
+    forced = tok.convert_tokens_to_ids(tgt_lang)
+    if forced is None or forced == tok.unk_token_id:
+      raise ValueError(f'{field}={tgt_lang!r} is not a token of the tokenizer')
+  return [cfg.decoder_start_token_id] + ([forced] if forced is not None else [])

@@ -104,7 +104,7 @@ def decode_split(run: Run, split: str, params, decode_fn=None) -> tuple[list[str
   hyps = {}
   for batch in run.splits[split].iterator():
     device_batch = _device_batch(batch, batch_sharding)
-    ids = decode_fn(params, run.rest, device_batch['poses'], device_batch['pose_mask'])
+    ids = decode_fn(params, run.rest, device_batch['poses'], device_batch['pose_mask'], device_batch.get('corpus'))
     if jax.process_count() > 1:
       ids = multihost_utils.process_allgather(ids, tiled=True)
       index = multihost_utils.process_allgather(device_batch['index'], tiled=True)
