@@ -1,23 +1,37 @@
 """Train-step throughput: ours (JAX/Flax, jitted) vs the seed's way (transformers + PyTorch), same model and batch.
 
-  python scripts/bench_vs_torch.py [--runs=3] [--steps=10] [--json]
+  python scripts/bench_vs_torch.py [--runs=3] [--steps=10] [--torch_sides=loop,fused,compile]
+                                   [--mixed_precision=no,bf16] [--json]
 
-The model is the same tiny T5-shaped SLT model on both sides: a pose front end (linear -> GELU -> one residual
+The model is the same tiny T5-shaped SLT model on every side: a pose front end (linear -> GELU -> one residual
 strided temporal conv block -> linear) feeding T5 v1.1 (gated GELU) through `inputs_embeds`, AdamW, gradient
-clipping, float32. Both sides use all CPU cores, and they take turns run by run. Ours runs with
-model.scan_layers=False (as configs/demo.py), padding-free compute (--padding_free, model.padding_free: the
-position-wise layers on the real tokens only, where PyTorch computes the padded batch) and the other defaults.
-The process tunes glibc malloc first as slt_jax.main does (--host_malloc, slt_jax/host_malloc.py), which both
-sides then run with. Reports the median examples/s over --runs
-runs of --steps timed steps each (after warm-up / compilation). With --json the last line is a JSON object:
-{"ours_examples_per_s", "torch_examples_per_s", "ratio", the runs, the shapes and the figures below}.
+clipping. Every side uses all CPU cores, and they take turns run by run. Ours runs with model.scan_layers=False
+(as configs/demo.py), padding-free compute (--padding_free, model.padding_free: the position-wise layers on the
+real tokens only, where PyTorch computes the padded batch) and the other defaults. PyTorch, at its best
+(--torch_sides, each its own copy of the model from the same seed):
+  torch_loop     torch.optim.AdamW(foreach=False), the single-tensor loop (the seed's way);
+  torch_fused    AdamW(fused=True), HF Trainer's default optimizer (`adamw_torch_fused`) since torch 2.8;
+  torch_compile  torch.compile of the forward + loss (inductor: its backward too), then fused AdamW. Needs a C++
+                 compiler for inductor's CPU kernels; without one the side is skipped with the reason.
+--mixed_precision: float32 ('no') and/or bf16 on every side: ours with training.mixed_precision=bf16 (bf16
+compute, float32 master weights), PyTorch under torch.autocast('cpu', dtype=torch.bfloat16). A side's name
+carries '_bf16' for bf16.
+The process tunes glibc malloc first as slt_jax.main does (--host_malloc, slt_jax/host_malloc.py), which every
+side then runs with. Reports the median examples/s over --runs runs of --steps timed steps each (after warm-up /
+compilation). With --json the last line is a JSON object: {"ours_examples_per_s", "torch_examples_per_s" (the
+strongest PyTorch side at the first precision, named by "torch_side"), "ratio" (ours over it), "ratio_bf16"
+(with bf16 in the list), "<side>_examples_per_s", "<side>_runs", "<side>_gflops" for every side, the shapes
+and the figures below}.
 
-How close to the hardware: the step's model FLOPs on the padded batch (3 x the forward's, from XLA's cost
-analysis, as the trainer's MFU counts them; the work PyTorch does) times each side's steps/s, against the rate each side's matmul library reaches on
-this CPU for the model's largest product ([B*T', d_model] x [d_model, d_ff], the MLP's up-projection). A CPU
-has no datasheet peak that its GEMMs reach, so the measured GEMM rate is the ceiling both sides share.
+How close to the hardware: each side's executed model FLOPs per step (3 x the forward's, from XLA's cost
+analysis, as the trainer's MFU counts them) times its steps/s, against the rate each side's matmul library
+reaches on this CPU for the model's largest product ([B*T', d_model] x [d_model, d_ff], the MLP's
+up-projection). PyTorch executes the padded batch ("step_gflop"); ours padding-free executes its token rows
+only ("ours_step_gflop", less). A CPU has no datasheet peak that its GEMMs reach, so the measured GEMM rate is
+the ceiling the sides share.
 """
 import json
+import os
 import statistics
 import time
 
@@ -35,6 +49,12 @@ _PADDING_FREE = flags.DEFINE_integer('padding_free', 64, "Ours: model.padding_fr
 _HOST_MALLOC = flags.DEFINE_enum('host_malloc', 'auto', ['auto', 'on', 'off'],
                                  'glibc malloc tuning of slt_jax/host_malloc.py, for both sides (one process).')
 _JSON = flags.DEFINE_bool('json', False, 'Print a JSON object as the last line.')
+_TORCH_SIDES = flags.DEFINE_list('torch_sides', ['loop', 'fused', 'compile'],
+                                 'PyTorch sides: loop (single-tensor AdamW), fused (AdamW fused=True), compile '
+                                 '(torch.compile + fused AdamW).')
+_PRECISIONS = flags.DEFINE_list('mixed_precision', ['no'], "Precisions, each on every side: no (float32), bf16.")
+TORCH_SIDES = ('loop', 'fused', 'compile')
+PRECISIONS = ('no', 'bf16')
 
 ARCH = dict(d_model=256, d_kv=32, d_ff=1024, num_layers=3, num_decoder_layers=3, num_heads=8,
             feed_forward_proj='gated-gelu', dropout_rate=0.1, relative_attention_num_buckets=32,
@@ -72,7 +92,12 @@ def _time_interleaved(steps_by_side, runs, steps):
   return rates
 
 
-def bench_ours(batch):
+def _side(name: str, precision: str) -> str:
+  return name if precision == 'no' else f'{name}_bf16'
+
+
+def bench_ours(batch, precision: str = 'no'):
+  """-> (step(), FLOPs the step executes, FLOPs of the padded step)."""
   import jax  # pylint: disable=g-import-not-at-top
   from slt_jax import default_config  # pylint: disable=g-import-not-at-top
   from slt_jax.train import flops as flops_lib  # pylint: disable=g-import-not-at-top
@@ -86,22 +111,44 @@ def bench_ours(batch):
   # stacked activations and per-layer slices cost ~15-25% of the step (what configs/demo.py uses too).
   config.model.scan_layers = False
   config.model.padding_free = _PADDING_FREE.value
+  config.training.mixed_precision = precision
   mesh = sharding.make_mesh(config.mesh)
   tx = optim.make_optimizer(config, 1000)
   graphdef, state, rest, shardings = state_lib.from_config(config, tx, mesh, VOCAB, KEYPOINTS * COORDS)
   # The trainer's jitted step (step.TrainStep: dropout PRNG rbg on CPU, padding-free counts, shardings).
   train = step_lib.TrainStep(config, graphdef, tx, shardings, rest, mesh)
   device_batch = sharding.global_batch(batch, sharding.batch_sharding(mesh, sharding.logical_rules(config)))
-  step_flops = flops_lib.train_step_flops(graphdef, state.params, rest, device_batch)
+  padded_flops = flops_lib.train_step_flops(graphdef, state.params, rest, device_batch)
+  executed_flops = flops_lib.train_step_flops(graphdef, state.params, rest, device_batch, train.counts(batch))
   holder = {'state': state}
 
   def step():
     holder['state'], metrics = train(holder['state'], batch, device_batch)
     jax.block_until_ready(metrics['loss'])
-  return step, step_flops
+  return step, executed_flops, padded_flops
 
 
-def bench_torch(batch):
+def torch_skip_reason(side: str):
+  """Why a PyTorch side cannot run here (None: it can): fused AdamW needs a torch with a CPU kernel for it,
+  torch.compile's inductor a C++ compiler for its CPU kernels."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  if side in ('fused', 'compile'):
+    try:
+      p = torch.nn.Parameter(torch.zeros(2))
+      p.grad = torch.ones(2)
+      torch.optim.AdamW([p], fused=True).step()
+    except (RuntimeError, TypeError) as e:
+      return f'torch {torch.__version__} has no fused AdamW on CPU ({e})'
+  if side == 'compile':
+    compiler = os.environ.get('CXX') or shutil.which('g++') or shutil.which('clang++')
+    if not compiler:
+      return 'torch.compile (inductor) needs a C++ compiler for its CPU kernels: none on PATH (g++ / clang++ / $CXX)'
+  return None
+
+
+def bench_torch(batch, side: str = 'loop', precision: str = 'no'):
+  """The same model in transformers + PyTorch; side: loop | fused | compile (see the module docstring)."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
 
@@ -128,16 +175,25 @@ def bench_torch(batch):
 
   frontend = Frontend()
   params = list(model.parameters()) + list(frontend.parameters())
-  opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+  if side == 'loop':  # the single-tensor loop, spelled out (foreach defaults on only on CUDA)
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, foreach=False)
+  else:
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, fused=True)
   poses = torch.from_numpy(batch['poses'])
   mask = torch.from_numpy(batch['pose_mask']).float()
   labels = torch.from_numpy(batch['labels']).long()
   labels = labels.masked_fill(~torch.from_numpy(batch['label_mask']), -100)
   model.train()
 
+  def loss_fn(poses, mask, labels):
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=precision == 'bf16'):
+      embeds, enc_mask = frontend(poses, mask)
+      return model(inputs_embeds=embeds, attention_mask=enc_mask, labels=labels).loss
+  if side == 'compile':
+    loss_fn = torch.compile(loss_fn)
+
   def step():
-    embeds, enc_mask = frontend(poses, mask)
-    loss = model(inputs_embeds=embeds, attention_mask=enc_mask, labels=labels).loss
+    loss = loss_fn(poses, mask, labels)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
@@ -145,15 +201,18 @@ def bench_torch(batch):
   return step
 
 
-def gemm_gflops():
-  """GFLOP/s of the model's largest matmul, f32, on each side's library (best of 3 x 50 calls)."""
+def gemm_gflops(precision: str = 'no'):
+  """GFLOP/s of the model's largest matmul, float32 (or bf16), on each side's library (best of 3 x 50 calls)."""
   import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   m, k, n = _BATCH.value * _FRAMES.value // 2, ARCH['d_model'], ARCH['d_ff']
   rng = np.random.RandomState(0)
   x, w = rng.randn(m, k).astype(np.float32), rng.randn(k, n).astype(np.float32)
+  jax_dtype, torch_dtype = (jnp.bfloat16, torch.bfloat16) if precision == 'bf16' else (jnp.float32, torch.float32)
   jax_mm = jax.jit(lambda a, b: a @ b)
-  jax_x, jax_w, torch_x, torch_w = jax.device_put(x), jax.device_put(w), torch.from_numpy(x), torch.from_numpy(w)
+  jax_x, jax_w = jax.device_put(x.astype(jax_dtype)), jax.device_put(w.astype(jax_dtype))
+  torch_x, torch_w = torch.from_numpy(x).to(torch_dtype), torch.from_numpy(w).to(torch_dtype)
   runs = {'jax': lambda: jax_mm(jax_x, jax_w).block_until_ready(), 'torch': lambda: torch.mm(torch_x, torch_w)}
   rates = {}
   for name, fn in runs.items():
@@ -170,29 +229,74 @@ def _seconds(fn, calls):
   return time.perf_counter() - t0
 
 
+def _check_flags():
+  """Unknown side or precision names are errors before any work."""
+  for flag, values, known in ((_TORCH_SIDES, _TORCH_SIDES.value, TORCH_SIDES),
+                              (_PRECISIONS, _PRECISIONS.value, PRECISIONS)):
+    unknown = [v for v in values if v not in known]
+    if unknown or not values:
+      raise app.UsageError(f'--{flag.name}={",".join(values)}: takes a non-empty list of {", ".join(known)}')
+
+
 def main(argv):
   del argv
+  _check_flags()
   # As slt_jax.main does (training.host_malloc=auto) before JAX starts. One process: PyTorch runs with it too.
   host_malloc.configure(_HOST_MALLOC.value)
   batch = _batch()
-  ours_step, step_flops = bench_ours(batch)
-  runs = _time_interleaved({'ours': ours_step, 'torch': bench_torch(batch)}, _RUNS.value, _STEPS.value)
-  ours_runs, torch_runs = runs['ours'], runs['torch']
-  ours, torch_rate = statistics.median(ours_runs), statistics.median(torch_runs)
-  gemm = gemm_gflops()
-  per_example = step_flops / _BATCH.value / 1e9  # model GFLOP per example (same model on both sides)
-  result = {'ours_examples_per_s': ours, 'torch_examples_per_s': torch_rate, 'ratio': ours / torch_rate,
-            'ours_runs': ours_runs, 'torch_runs': torch_runs, 'batch_size': _BATCH.value,
-            'frames': _FRAMES.value, 'target_len': _TARGET.value, 'step_gflop': step_flops / 1e9,
-            'ours_gflops': ours * per_example, 'torch_gflops': torch_rate * per_example,
-            'gemm_gflops_jax': gemm['jax'], 'gemm_gflops_torch': gemm['torch']}
-  print(f"ours  {ours:8.2f} examples/s  (runs: {', '.join(f'{r:.2f}' for r in ours_runs)})")
-  print(f"torch {torch_rate:8.2f} examples/s  (runs: {', '.join(f'{r:.2f}' for r in torch_runs)})")
-  print(f'ratio {result["ratio"]:.2f}x')
-  print(f'model {step_flops / 1e9:.1f} GFLOP per step: ours {result["ours_gflops"]:.1f} GFLOP/s '
-        f'({result["ours_gflops"] / gemm["jax"]:.0%} of XLA\'s {gemm["jax"]:.0f} GFLOP/s on the largest matmul), '
-        f'torch {result["torch_gflops"]:.1f} ({result["torch_gflops"] / gemm["torch"]:.0%} of its '
-        f'{gemm["torch"]:.0f} GFLOP/s)')
+  steps, executed, skipped = {}, {}, {}
+  ours_flops = padded_flops = None
+  for precision in _PRECISIONS.value:
+    name = _side('ours', precision)
+    steps[name], *flops = bench_ours(batch, precision)
+    # One count per model for every precision (XLA's count of a bf16 program adds its dtype conversions).
+    ours_flops, padded_flops = (ours_flops, padded_flops) if ours_flops else flops
+    executed[name] = ours_flops
+    for side in _TORCH_SIDES.value:
+      name = _side(f'torch_{side}', precision)
+      reason = torch_skip_reason(side)
+      if reason:
+        skipped[name] = reason
+        print(f'{name}: skipped: {reason}')
+        continue
+      steps[name], executed[name] = bench_torch(batch, side, precision), padded_flops
+  runs = _time_interleaved(steps, _RUNS.value, _STEPS.value)
+  rates = {name: statistics.median(r) for name, r in runs.items()}
+  result = {'batch_size': _BATCH.value, 'frames': _FRAMES.value, 'target_len': _TARGET.value,
+            'padding_free': _PADDING_FREE.value, 'step_gflop': padded_flops / 1e9,
+            'ours_step_gflop': ours_flops / 1e9,
+            'skipped': skipped}
+  for name, rate in rates.items():
+    result[f'{name}_examples_per_s'] = rate
+    result[f'{name}_runs'] = runs[name]
+    result[f'{name}_gflops'] = rate * executed[name] / _BATCH.value / 1e9  # executed GFLOP per example x rate
+  for i, precision in enumerate(_PRECISIONS.value):
+    torch_names = [n for n in rates if n.startswith('torch_') and n.endswith('_bf16') == (precision == 'bf16')]
+    if not torch_names:
+      continue
+    best = max(torch_names, key=rates.get)
+    ratio = rates[_side('ours', precision)] / rates[best]
+    result[f'ratio_{precision}'], result[f'torch_side_{precision}'] = ratio, best
+    if i == 0:  # the headline figures: ours vs the strongest PyTorch side at the first precision
+      result.update(ours_examples_per_s=rates[_side('ours', precision)], torch_examples_per_s=rates[best],
+                    torch_side=best, ratio=ratio, ours_runs=runs[_side('ours', precision)], torch_runs=runs[best],
+                    torch_gflops=result[f'{best}_gflops'])
+  for precision in _PRECISIONS.value:
+    gemm = gemm_gflops(precision)
+    suffix = '' if precision == 'no' else '_bf16'
+    result[f'gemm_gflops_jax{suffix}'], result[f'gemm_gflops_torch{suffix}'] = gemm['jax'], gemm['torch']
+  for name, rate in rates.items():
+    suffix = '_bf16' if name.endswith('_bf16') else ''
+    lib = 'jax' if name.startswith('ours') else 'torch'
+    ceiling = result[f'gemm_gflops_{lib}{suffix}']
+    gflops = result[f'{name}_gflops']
+    print(f"{name:18s} {rate:8.2f} examples/s  {gflops:6.1f} GFLOP/s ({gflops / ceiling:.0%} of its {ceiling:.0f} on "
+          f"the largest matmul)  runs: {', '.join(f'{r:.2f}' for r in runs[name])}")
+  for precision in _PRECISIONS.value:
+    if f'ratio_{precision}' in result:
+      print(f"ratio ({precision}) ours / {result[f'torch_side_{precision}']}: {result[f'ratio_{precision}']:.2f}x")
+  print(f'model {padded_flops / 1e9:.1f} GFLOP per padded step (PyTorch executes it); ours padding-free executes '
+        f"{result['ours_step_gflop']:.1f}")
   if _JSON.value:
     print(json.dumps(result))
 
