@@ -6,7 +6,8 @@
 prefix / suffix: the prompt. With an instruct tokenizer it is its chat template around the poses (e.g. Qwen:
 `<|im_start|>system ...<|im_end|>\n<|im_start|>user\n{prompt}\n` + poses + `<|im_end|>\n<|im_start|>assistant\n`),
 otherwise BOS + the prompt before the poses and, after them, a learned "answer start" embedding (so the
-position predicting the first target token is never a padding frame).
+position predicting the first target token is never a padding frame). A data.mixture whose corpora have their own
+prompts (data.mixture.NAME.prompt) gives each row its corpus's (batch['corpus']; corpus_prompts.PromptTable).
 
 Attention: causal throughout (LLaVA-style, as the LLM was pretrained), or with model.bidirectional_prompt a
 prefix LM: the prompt (poses included) sees itself both ways, the targets stay causal; cached decoding
