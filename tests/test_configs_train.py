@@ -36,7 +36,8 @@ LLM_VOCAB = 384  # decoder-only embedding rows (fixed by model.arch; the trained
 
 COMMON = {
     'data.synthetic.enabled': True, 'data.synthetic.vocab_size': 20, 'data.synthetic.num_signers': 2,
-    'data.synthetic.num_train': 16, 'data.synthetic.num_val': 8, 'data.synthetic.num_test': 2,
+    'data.synthetic.num_heldout_signers': 0, 'data.synthetic.num_train': 16, 'data.synthetic.num_val': 8,
+    'data.synthetic.num_test': 2,
     'data.keypoints': 'hands_body', 'data.max_frames': 64, 'data.bucket_boundaries': (64,),
     'data.max_target_length': 3, 'data.augment': False,
     'model.pose.hidden': 32, 'model.pose.conv_layers': 1, 'model.pose.conv_stride': 2,
