@@ -6,17 +6,17 @@ The same corpus, tokenizer, data pipeline, batch, steps and learning rate as con
 only the model differs: poses -> front end -> pose encoder -> projector -> a 4-layer Llama (GQA, RoPE, tied
 embeddings) that reads [BOS][poses][answer start][target] (slt_jax/models/causal_slt.py).
 
-Not yet as good as the T5 demo (issue #23). Measured on the 2-core CPU machine while other jobs ran (load 6-8):
-  as here (causal LLM, no LLM dropout): test BLEU 35.1 (issue #23's measurement; 408 s on a quieter machine)
-  --config.model.llm_dropout=0.1 --config.model.bidirectional_prompt=True: val BLEU 31.4, test BLEU 29.9 +- 4.3
-    (val 7.0 at step 750), train loss 0.547 at step 1500, 22 min 20 s wall (11 min CPU) under that load, 35-65 examples/s
-so neither the LLM's missing dropout nor causal attention over the pose prefix is why it generalises less to
-the test split's unseen word pairs; the configs/demo.py T5 scores 69.5.
-  On the 12-signer corpus (4 held out, as configs/demo.py now), load 12-20: --config.model.projector_norm=True
-    --config.model.pose_encoder.num_layers=3 --config.model.arch.num_hidden_layers=2 (T5's 3 + 2 shape, pose
-    prefix at the token embeddings' RMS): val BLEU 4.5 at step 750, 17.8 at 1500, test BLEU 18.3 +- 2.3, train
-    loss 1.56 / 1.44 / 0.70 at steps 250 / 500 / 1500 (the T5 demo on that corpus: 1.63 / 1.15, val 32.8 at step
-    750, test 66.6), 36 min wall (corpus copied in): no help; it fits even its training set slowly (#23, note h7).
+Measured on the 2-core CPU machine (the 8-signer corpus this config pins; test split 200 sentences):
+  as here, with the frame positions of model.pose.positions reaching the pose encoder (they did not before):
+    val BLEU 13.6 at step 750, 59.5 at 1500; test BLEU 60.8; train loss 1.14 at step 550, 0.25 at 1300 (the T5
+    demo's pace); 20 min 59 s wall beside a test suite and another demo (load ~6), 11.4 CPU-min (user time):
+    PYTHONPATH=. /usr/bin/time -v python -m slt_jax.main --config=configs/demo_causal.py --workdir=DIR
+  before that fix: test BLEU 35.1 (issue #23's measurement, 408 s on a quieter machine); with
+    --config.model.llm_dropout=0.1 --config.model.bidirectional_prompt=True: test BLEU 29.9 +- 4.3, val 7.0 at
+    step 750, 22 min 20 s under load 6-8; on the 12-signer corpus with --config.model.projector_norm=True and
+    T5's 3 + 2 layer shape: test BLEU 18.3, train loss 1.44 at step 500 (#23): none of those was the cause.
+Without absolute frame positions the LLM had only RoPE distances from each target token to the frames, which
+shift with every row's number of pose positions, so it learnt the language first and the signs late.
 """
 import importlib.util
 import os

@@ -40,7 +40,7 @@ def get_config():
       hidden=256,             # width of the front end before projecting to the encoder width.
       conv_layers=1,          # residual temporal conv blocks (kernel 5); the first has stride `conv_stride`.
       conv_stride=2,          # temporal downsampling of the front end (1 = none).
-      positions=True,         # add sinusoidal frame positions to its output (seq2seq: T5/BART encoders).
+      positions=True,         # add sinusoidal frame positions to its output (encoders; decoder-only pose encoder).
       dropout=0.1,
   ))
   config.model.prompt = ''          # optional text prompt prefix (Uni-Sign style / decoder-only instruction).

@@ -270,3 +270,21 @@ def test_projector_norm_on_an_encoder_decoder_is_an_error():
   config.model.arch = dict(d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=1, num_decoder_layers=1)
   with pytest.raises(ValueError, match='model.projector_norm'):
     _build(config)
+
+
+def test_pose_positions_reach_the_decoder_only_front_end():
+  """model.pose.positions adds the sinusoidal frame positions to the causal front end's output on the real
+  frames, as on the encoder-decoder path; off, the output is the same model's without them."""
+  batch = _batch()
+  out = {}
+  for positions in (False, True):
+    config = _config(family='llama')
+    config.model.arch = _ARCH
+    config.model.pose.positions = positions
+    model = _build(config)  # same seed: the same parameters either way (the positions have none)
+    assert model.encoder.frontend.positions == positions
+    out[positions], mask = model.encoder.frontend(batch['poses'], batch['pose_mask'])
+  x, mask = np.asarray(out[False]), np.asarray(mask)
+  want = x + np.asarray(layers.sinusoid_positions(x.shape[1], x.shape[-1]))[None]
+  np.testing.assert_allclose(np.asarray(out[True]), np.where(mask[..., None], want, 0), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(out[True], out[False])

@@ -61,16 +61,22 @@ class PoseEncoderLayer(nnx.Module):
 
 
 class PoseEncoder(nnx.Module):
-  """Front end -> transformer layers -> projector: poses -> embeddings in the LLM's input space."""
+  """Front end -> transformer layers -> projector: poses -> embeddings in the LLM's input space.
+
+  positions (model.pose.positions): sinusoidal frame positions on the front end's output, as for T5. The LLM
+  sees the poses through RoPE only, which gives a target token its distance to each frame; that distance
+  depends on the row's number of pose positions, so without absolute positions no fixed offset lines up the
+  k-th word with the k-th sign (issue #23: the demo's training loss fell far slower without them).
+  """
 
   def __init__(self, pose_dim: int, llm_dim: int, *, hidden: int, conv_layers: int, conv_stride: int,
                num_layers: int, num_heads: int, dropout: float, dtype, param_dtype, rngs: nnx.Rngs,
-               out_rms=None):
+               out_rms=None, positions: bool = False):
     kw = dict(dtype=dtype, param_dtype=param_dtype)
     if hidden % num_heads:
       raise ValueError(f'model.pose.hidden={hidden} is not a multiple of model.pose_encoder.num_heads={num_heads}')
     self.frontend = PoseFrontEnd(pose_dim, hidden, hidden=hidden, conv_layers=conv_layers,
-                                 conv_stride=conv_stride, dropout=dropout, rngs=rngs, **kw)
+                                 conv_stride=conv_stride, positions=positions, dropout=dropout, rngs=rngs, **kw)
     self.num_layers, self.head_dim = num_layers, hidden // num_heads
     self.layers = L.make_layers(
         lambda r: PoseEncoderLayer(hidden, num_heads, dropout=dropout, rngs=r, **kw), num_layers, rngs,
@@ -316,7 +322,8 @@ def build_causal_model(config, vocab_size: int, pose_dim: int, rngs: nnx.Rngs, t
       pose_dim, cfg.hidden_size, hidden=mc.pose.hidden, conv_layers=mc.pose.conv_layers,
       conv_stride=mc.pose.conv_stride, num_layers=mc.pose_encoder.num_layers,
       num_heads=mc.pose_encoder.num_heads, dropout=mc.pose.dropout, dtype=dtype, param_dtype=param_dtype,
-      rngs=rngs, out_rms=embedding_rms(lm) if mc.get('projector_norm', False) else None)
+      rngs=rngs, out_rms=embedding_rms(lm) if mc.get('projector_norm', False) else None,
+      positions=mc.pose.positions)
   return CausalSLT(lm, encoder, eos_id=eos, pad_id=eos if pad is None else pad, prefix_ids=prefix,
                    suffix_ids=suffix, bidirectional_prompt=mc.get('bidirectional_prompt', False),
                    prefix_table=prefix_table, suffix_table=suffix_table, rngs=rngs)
