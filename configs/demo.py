@@ -6,9 +6,11 @@ The corpus (slt_jax/data/synthetic.py) is generated into WORKDIR/data on first u
 its training texts. Sized for a CPU: about 3.5M parameters, 1500 steps of 32. The corpus holds 4 of its 12 signers
 out of training: validation and test sign each of their 200 sentences twice, by a training signer and by a held-out
 one, scored apart (metrics.json: val / test -> corpora -> seen_signers / unseen_signers).
-Measured on the 2-core CPU machine from a copy of the tree, other helpers' test suites running beside it (load
-average 11-21, so ~30% of a core for this run): 29 min 15 s wall (8.7 CPU-minutes, corpus generation included),
-test BLEU 82.8 on seen signers and 80.1 on unseen ones (validation 82.4 / 82.4). Without data.dominant_hand and
+Measured on the 2-core CPU machine, fresh clone at 7b5f224, compilation cache off
+(--config.training.compile_cache_dir=), corpus generation included, a test suite running beside it (load 2-3):
+8 min 13 s wall (7.9 CPU-minutes), test BLEU 83.2 on seen signers and 83.1 on unseen ones (validation 83.1 /
+81.5); with a warm compilation cache the demo took 4 min 12 s. Earlier, from a copy of the tree at load 11-21:
+test BLEU 82.8 seen / 80.1 unseen (the training augmentation was drawn per row then). Without data.dominant_hand and
 the yaw augmentation (augment=False), the same corpus: 33 min 53 s wall at load 5-21 (8.9 CPU-minutes), test BLEU
 70.4 seen / 62.7 unseen (validation 72.0 / 64.2); the held-out left-handed signer went from 53.2 to 83.6 BLEU.
 Before held-out signers (8 signers, 200-row splits; fresh clone, loaded machine): 8 min 22 s, test BLEU 73.5.
