@@ -9,8 +9,10 @@ embeddings) that reads [BOS][poses][answer start][target] (slt_jax/models/causal
 Measured on the 2-core CPU machine (the 8-signer corpus this config pins; test split 200 sentences):
   as here, with the frame positions of model.pose.positions reaching the pose encoder (they did not before):
     val BLEU 13.6 at step 750, 59.5 at 1500; test BLEU 60.8; train loss 1.14 at step 550, 0.25 at 1300 (the T5
-    demo's pace); 20 min 59 s wall beside a test suite and another demo (load ~6), 11.4 CPU-min (user time):
-    PYTHONPATH=. /usr/bin/time -v python -m slt_jax.main --config=configs/demo_causal.py --workdir=DIR
+    demo's pace); fresh workdir (corpus generation included), compilation cache off, quiet machine (load ~2):
+    5 min 52 s wall, ~160 examples/s at the end (the T5 demo: ~245):
+    /usr/bin/time -v python -m slt_jax.main --config=configs/demo_causal.py --workdir=DIR \
+      --config.training.compile_cache_dir=
   before that fix: test BLEU 35.1 (issue #23's measurement, 408 s on a quieter machine); with
     --config.model.llm_dropout=0.1 --config.model.bidirectional_prompt=True: test BLEU 29.9 +- 4.3, val 7.0 at
     step 750, 22 min 20 s under load 6-8; on the 12-signer corpus with --config.model.projector_norm=True and
