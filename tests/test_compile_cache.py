@@ -39,6 +39,9 @@ def test_second_run_loads_what_the_first_compiled_and_empty_turns_it_off(tmp_pat
   _, first = _run(tmp_path / 'run1', xdg)
   written = _entries(folder)
   assert first[0] == folder and first[2] > 0 and len(written) >= first[2], (first, written)
+  # Nothing the first run compiled was compiled or loaded again in it (the first train step, compiled ahead in a
+  # thread, is the one the loop calls).
+  assert first[1] == 0, first
 
   _, second = _run(tmp_path / 'run2', xdg)  # a fresh workdir, same config: the same programs
   assert second[0] == folder and second[1] >= first[2] and second[2] == 0, (first, second)

@@ -225,6 +225,33 @@ def test_max_in_memory_gb_maps_the_training_examples(corpus, tmp_path, gb, mappe
   assert next(train.iterator())['poses'].shape[0] == config.training.batch_size
 
 
+@pytest.mark.parametrize('shard_index, num_shards', [(0, 1), (0, 2), (1, 2)])
+@pytest.mark.parametrize('max_in_memory', [0.0, 1e12])
+@pytest.mark.parametrize('files_order', ['written', 'reversed'])
+def test_host_examples_hold_each_cached_example(corpus, tmp_path, shard_index, num_shards, max_in_memory,
+                                                 files_order):
+  """Every example of this host's share, read into memory or memory-mapped, equals its record decoded on its own
+  (files reversed: the rows of a parsed batch are not consecutive, the one-example-at-a-time path)."""
+  cache = _build(_config(corpus), tmp_path / 'cache')
+  if files_order == 'reversed':
+    cache = pipeline._Cache(cache.path, {**cache.meta, 'files': cache.meta['files'][::-1]})
+  assert len(cache.meta['files']) == 2
+  oracle = {}
+  for record in tf.data.TFRecordDataset(cache.files):
+    r = tf.io.parse_single_example(record, pipeline._RECORD_SPEC)  # pylint: disable=protected-access
+    k, c = cache.meta['num_points'], cache.meta['num_coords']
+    oracle[int(r['index'])] = (np.frombuffer(r['points'].numpy(), np.float32).reshape(-1, k, c),
+                               np.frombuffer(r['visible'].numpy(), np.uint8).reshape(-1, k) > 0)
+  host = pipeline._host_examples(cache, shard_index, num_shards, max_in_memory)  # pylint: disable=protected-access
+  assert isinstance(host.points, np.memmap) == (max_in_memory == 0.0)
+  np.testing.assert_array_equal(host.index, np.arange(shard_index, len(oracle), num_shards))
+  for j, row in enumerate(host.index):
+    points, visible = oracle[int(row)]
+    np.testing.assert_array_equal(host.points[host.offsets[j]:host.offsets[j + 1]], points)
+    np.testing.assert_array_equal(host.visible[host.offsets[j]:host.offsets[j + 1]], visible)
+  assert not host.points[-1].any() and not host.visible[-1].any()  # the padding frame
+
+
 def test_negative_max_in_memory_gb_is_an_error(corpus):
   config = _config(corpus)
   config.data.max_in_memory_gb = -1

@@ -280,6 +280,64 @@ def test_data_plots_and_their_numbers(trained):
   assert stats['skipped'] == {'train': {}, 'val': {'missing_pose': 1}, 'test': {}}
 
 
+def test_detection_rates_are_read_back_on_a_rerun(trained, monkeypatch):
+  """A rerun takes each split's detection rates from its cache's detection.json, reading no record; a file
+  written for another keypoint selection is computed again."""
+  config, _, workdir = trained
+  with open(os.path.join(workdir, 'plots', 'data_stats.json'), encoding='utf-8') as f:
+    first = json.load(f)
+  lengths = np.zeros(3, np.int64) + 10
+  splits = ('train', 'val', 'test')
+  def no_reading(*args, **kwargs):
+    raise AssertionError('a cached example was read')
+  with monkeypatch.context() as m:
+    m.setattr(visuals, '_cached_examples', no_reading)
+    assert visuals.data_stats(config, workdir, splits, lengths)['detection'] == first['detection']
+  [memo] = glob.glob(os.path.join(workdir, 'cache', 'val-*', 'detection.json'))
+  with open(memo, encoding='utf-8') as f:
+    saved = json.load(f)
+  saved['key']['examples_read'] += 1
+  with open(memo, 'w', encoding='utf-8') as f:
+    json.dump(saved, f)
+  read = []
+  original = visuals._cached_examples  # pylint: disable=protected-access
+  monkeypatch.setattr(visuals, '_cached_examples', lambda cache, *a: read.append(cache.path) or original(cache, *a))
+  assert visuals.data_stats(config, workdir, splits, lengths)['detection'] == first['detection']
+  assert read == [os.path.dirname(memo)]
+
+
+def test_a_rerun_draws_the_data_plots_only_when_their_numbers_change(trained, tmp_path, monkeypatch):
+  """Same numbers: the PNGs are read back (nothing drawn) and logged as before; other skip counts: drawn again."""
+  config, _, workdir = trained
+  run = trainer.Run(config, workdir, None, {s: None for s in ('train', 'val', 'test')}, *[None] * 7)
+  before = {name: np.asarray(Image.open(os.path.join(workdir, 'plots', f'{name}.png')).convert('RGB'))
+            for name in ('length_histogram', 'detection_rate', 'skipped_rows')}
+  class Images:
+    def write_images(self, step, images):
+      self.images = images
+  writer = Images()
+  with monkeypatch.context() as m:
+    m.setattr(visuals, '_pixels', lambda figure: pytest.fail('a figure was drawn'))
+    visuals.write_data_plots(writer, run, 0)
+  assert {tag: pixels[0].tolist() for tag, pixels in writer.images.items()} == {
+      f'data/{name}': pixels.tolist() for name, pixels in before.items()}
+  report = os.path.join(workdir, 'skipped_rows.json')
+  with open(report, encoding='utf-8') as f:
+    saved = f.read()
+  drawn = []
+  original = visuals._pixels  # pylint: disable=protected-access
+  monkeypatch.setattr(visuals, '_pixels', lambda figure: drawn.append(figure) or original(figure))
+  try:
+    with open(report, 'w', encoding='utf-8') as f:
+      json.dump({**json.loads(saved), 'test': {'unreadable_pose': ['x']}}, f)
+    visuals.write_data_plots(writer, run, 0)
+  finally:
+    with open(report, 'w', encoding='utf-8') as f:
+      f.write(saved)
+    visuals.write_data_plots(writer, run, 0)  # (the fixture's plots again, for the other tests)
+  assert len(drawn) == 6  # three figures, twice
+
+
 def test_translate_render_writes_a_video_per_input(trained, real_data_dir, tmp_path):
   config, _, workdir = trained
   real = [_dgs(real_data_dir, 'test_10'), _dgs(real_data_dir, 'test_11')]

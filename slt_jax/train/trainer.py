@@ -3,8 +3,10 @@
   data -> tokenizer -> model + sharded TrainState -> resume -> loop (step, log, eval + best, checkpoint,
   preemption) -> final evaluation of the best checkpoint on the test split.
 """
+from concurrent import futures
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
@@ -182,6 +184,20 @@ def _batch_counts(batch) -> dict:
           'shape': batch['poses'].shape}
 
 
+def _compile_in_background(train_fn: step_lib.TrainStep, state, batch, device_batch) -> futures.Future:
+  """Compiles (or reads from the persistent compilation cache) the train step of the first batch in a thread.
+
+  XLA releases the GIL while it compiles or deserialises, so that work overlaps what the trainer still does
+  before its first step (hparams, data plots). jit's own caches then serve the first call: nothing is compiled
+  twice.
+  """
+  counts = train_fn.counts(batch)
+  pool = futures.ThreadPoolExecutor(1, thread_name_prefix='compile_first_step')
+  compiled = pool.submit(lambda: train_fn.jitted(counts).lower(state, device_batch).compile())
+  pool.shutdown(wait=False)  # (the submitted compilation still runs to the end)
+  return compiled
+
+
 # ------------------------------------------------------------------------------------------------------------
 # The loop.
 # ------------------------------------------------------------------------------------------------------------
@@ -209,9 +225,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   num_steps = run.num_train_steps
   logging.info('Training %d steps (batch %d, %d training examples, %d parameters).', num_steps, t.batch_size,
                run.splits['train'].num_examples, lora.count_weights(state.params))
-  if is_main:
-    writer.write_hparams({k: v for k, v in config.training.items() if isinstance(v, (int, float, str, bool))})
-    visuals.write_data_plots(writer, run, start_step)  # data/*: lengths + buckets, detection rates, skipped rows
 
   # The jitted step (one compilation per padding-free TokenCounts), the same one check and the benchmarks run.
   train_fn = step_lib.TrainStep(config, run.graphdef, run.tx, run.state_shardings, run.rest, run.mesh)
@@ -222,6 +235,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_iter = sharding_lib.prefetch_to_device(
       run.splits['train'].iterator(start_step=start_step), config.data.prefetch_to_device,
       functools.partial(_device_batch, sharding=batch_sharding))
+  first_compile = None
+  if start_step < num_steps:
+    first = next(train_iter)
+    train_iter = itertools.chain([first], train_iter)
+    first_compile = _compile_in_background(train_fn, state, *first)
+  if is_main:
+    writer.write_hparams({k: v for k, v in config.training.items() if isinstance(v, (int, float, str, bool))})
+    visuals.write_data_plots(writer, run, start_step)  # data/*: lengths + buckets, detection rates, skipped rows
+  if first_compile is not None:
+    first_compile.result()  # (raises what the compilation raised)
   meta = lambda step: {'step': step, 'data_position': step}  # batches are a function of the step (exact resume).
   last_log_time, last_log_step, pending = time.time(), start_step, []
   val_metrics = {}  # step -> validation metrics of this process's evaluations

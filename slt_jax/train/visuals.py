@@ -13,9 +13,11 @@ Tags (README, "What a run leaves in its workdir"):
                           frames where at least one of its points is visible
   data/skipped_rows       the counts of WORKDIR/skipped_rows.json, per split and reason
 The three plots are also WORKDIR/plots/{length_histogram,detection_rate,skipped_rows}.png, and their numbers
-WORKDIR/plots/data_stats.json. Poses are read back from the split caches the pipeline wrote (at most
-DETECTION_EXAMPLES examples per split for the detection rates): no .pose file is read again.
+WORKDIR/plots/data_stats.json; a rerun whose numbers are the same draws nothing (it reads those PNGs back). Poses
+are read back from the split caches the pipeline wrote (at most DETECTION_EXAMPLES examples per split for the
+detection rates, kept in the cache's detection.json for the next run): no .pose file is read again.
 """
+import hashlib
 import json
 import os
 
@@ -101,16 +103,8 @@ def data_stats(config, workdir: str, splits, lengths: np.ndarray) -> dict:
   names = kp_lib.preset(config.data.keypoints)
   components = list(dict.fromkeys(c for c, _ in names))
   members = {c: np.asarray([i for i, (name, _) in enumerate(names) if name == c]) for c in components}
-  detection = {}
-  for split in splits:
-    detected, frames, examples = dict.fromkeys(components, 0), 0, 0
-    for _, _, visible in _cached_examples(_split_cache(config, workdir, split), DETECTION_EXAMPLES, False):
-      frames += len(visible)
-      examples += 1
-      for c in components:
-        detected[c] += int(visible[:, members[c]].any(1).sum())
-    detection[split] = {'examples': examples, 'frames': frames,
-                        'rate': {c: detected[c] / max(frames, 1) for c in components}}
+  detection = {split: _detection_rates(_split_cache(config, workdir, split), components, members)
+               for split in splits}
   report_path = os.path.join(workdir, 'skipped_rows.json')
   report = {}
   if os.path.exists(report_path):
@@ -124,6 +118,35 @@ def data_stats(config, workdir: str, splits, lengths: np.ndarray) -> dict:
           'detection': detection,
           'skipped': {split: {reason: len(uids) for reason, uids in reasons.items()}
                       for split, reasons in report.items()}}
+
+
+def _detection_rates(cache, components: list, members: dict) -> dict:
+  """{'examples', 'frames', 'rate': {component: fraction of frames with a point of it visible}} of a split's first
+  DETECTION_EXAMPLES cached examples; kept next to the cache (detection.json), so a rerun reads no record."""
+  path = os.path.join(cache.path, 'detection.json')
+  key = {'examples_read': DETECTION_EXAMPLES, 'members': {c: m.tolist() for c, m in members.items()}}
+  try:
+    with open(path, encoding='utf-8') as f:
+      saved = json.load(f)
+    if saved['key'] == key:
+      return saved['detection']
+  except (OSError, ValueError, KeyError):
+    pass  # (not there yet, or written for another preset / count: computed again)
+  detected, frames, examples = dict.fromkeys(components, 0), 0, 0
+  for _, _, visible in _cached_examples(cache, DETECTION_EXAMPLES, False):
+    frames += len(visible)
+    examples += 1
+    for c in components:
+      detected[c] += int(visible[:, members[c]].any(1).sum())
+  detection = {'examples': examples, 'frames': frames, 'rate': {c: detected[c] / max(frames, 1) for c in components}}
+  tmp = f'{path}.tmp-{os.getpid()}'
+  try:
+    with open(tmp, 'w', encoding='utf-8') as f:
+      json.dump({'key': key, 'detection': detection}, f)
+    os.replace(tmp, path)
+  except OSError:  # (a read-only cache: computed again next time)
+    pass
+  return detection
 
 
 def _figure(width: float = 7.0, height: float = 4.0):
@@ -206,10 +229,35 @@ def write_data_plots(writer, run, step: int) -> dict:
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, 'data_stats.json'), 'w', encoding='utf-8') as f:
     json.dump(stats, f, indent=1)
-  figures = {'length_histogram': length_histogram(lengths, stats),
-             'detection_rate': detection_rate(stats), 'skipped_rows': skipped_rows(stats)}
-  images = {f'data/{name}': _pixels(figure) for name, figure in figures.items()}  # each drawn once
-  for tag, pixels in images.items():
-    Image.fromarray(pixels).save(os.path.join(out_dir, f"{tag.split('/')[1]}.png"))
-  writer.write_images(step, {tag: pixels[None] for tag, pixels in images.items()})
+  # A rerun in the same workdir (a resume) draws nothing when the numbers are those of the PNGs already there.
+  drawn_from = {'stats': stats, 'lengths_sha256': hashlib.sha256(lengths.tobytes()).hexdigest()}
+  names = ('length_histogram', 'detection_rate', 'skipped_rows')
+  images = _drawn_before(out_dir, names, drawn_from)
+  if images is None:
+    figures = {'length_histogram': length_histogram(lengths, stats), 'detection_rate': detection_rate(stats),
+               'skipped_rows': skipped_rows(stats)}
+    images = {name: _pixels(figures[name]) for name in names}  # each drawn once
+    for name, pixels in images.items():
+      Image.fromarray(pixels).save(os.path.join(out_dir, f'{name}.png'))
+    with open(os.path.join(out_dir, _DRAWN_FROM), 'w', encoding='utf-8') as f:
+      json.dump(drawn_from, f)
+  writer.write_images(step, {f'data/{name}': pixels[None] for name, pixels in images.items()})
   return stats
+
+
+_DRAWN_FROM = '.drawn_from.json'  # WORKDIR/plots/: the numbers its PNGs were drawn from
+
+
+def _drawn_before(out_dir: str, names, drawn_from: dict) -> 'dict | None':
+  """{name: RGB uint8 [H, W, 3]} of the PNGs in `out_dir` when they were drawn from `drawn_from`, else None."""
+  try:
+    with open(os.path.join(out_dir, _DRAWN_FROM), encoding='utf-8') as f:
+      if json.load(f) != json.loads(json.dumps(drawn_from)):  # (compared as JSON: tuples read back as lists)
+        return None
+    images = {}
+    for name in names:
+      with Image.open(os.path.join(out_dir, f'{name}.png')) as image:
+        images[name] = np.asarray(image.convert('RGB'))
+    return images
+  except (OSError, ValueError):
+    return None
