@@ -289,15 +289,34 @@ class ConfigError(ValueError):
   """A config that cannot run, with a message saying which field and why."""
 
 
+def _check_known(path: str, key: str, reference) -> None:
+  """ConfigError unless `key` (at dotted `path`) is a field of `reference`, the default config's group there."""
+  if path in _REMOVED:
+    raise ConfigError(f'config field `{path}` was removed: {_REMOVED[path]}')
+  if key not in reference:
+    raise ConfigError(f'unknown config field `{path}` (known fields here: {", ".join(sorted(reference.keys()))})')
+
+
+def check_field_path(path: str) -> None:
+  """Raises ConfigError when the dotted field `path` (a command-line override: training.batch_size) is no field
+  of any config: removed (saying why) or misspelt (listing the fields there), as validate() would."""
+  reference, prefix = get_config(), ''
+  for key in path.split('.'):
+    field = prefix + key
+    if field in _FREE_FORM:
+      return
+    _check_known(field, key, reference)
+    reference, prefix = reference[key], field + '.'
+    if not isinstance(reference, ml_collections.ConfigDict):
+      return
+
+
 def _check_fields(config, reference, prefix=''):
   for key in config.keys():
     path = f'{prefix}{key}'
     if path in _FREE_FORM:
       continue
-    if path in _REMOVED:
-      raise ConfigError(f'config field `{path}` was removed: {_REMOVED[path]}')
-    if key not in reference:
-      raise ConfigError(f'unknown config field `{path}` (known fields here: {", ".join(sorted(reference.keys()))})')
+    _check_known(path, key, reference)
     value, ref = config[key], reference[key]
     if not isinstance(ref, ml_collections.ConfigDict) and reference.get_ref(key).get_type() is object:
       continue  # a field of several kinds (training.mixed_precision): validate() checks its values

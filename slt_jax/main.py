@@ -4,6 +4,7 @@
 """
 import logging as logging_std
 import os
+import sys
 
 # TF (tf.data) must never take the accelerator's memory, and shares 2 cores nicely only with few threads.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -113,5 +114,28 @@ def main(argv):
   logging.info('Results: %s', results)
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, where an override of a field the config does not have (`--config.training.batchsize=8`,
+  to which ml_collections answers with a bare AttributeError) is a flags error naming the field and why."""
+  def fail(message):
+    sys.stderr.write(f'FATAL Flags parsing error: {message}\nPass --helpshort or --helpfull to see help on flags.\n')
+    sys.exit(1)
+
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as error:
+    overrides = [arg for arg in argv[1:] if arg.startswith('--config.')]
+    for arg in overrides:
+      try:
+        default_config.check_field_path(arg[len('--config.'):].split('=', 1)[0])
+      except default_config.ConfigError as e:
+        fail(f'{arg}: {e}')
+    if not overrides:
+      raise
+    fail(f'one of {" ".join(overrides)} names a field that this config does not have ({error}). A group whose '
+         'fields the config file chooses (model.arch, data.mixture, data.tfds.config_kwargs) takes new fields in '
+         'the config file, not on the command line.')
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -1,5 +1,9 @@
 """Config validation: each impossible config gives one clear message before anything compiles."""
 import json
+import os
+import re
+import subprocess
+import sys
 import types
 
 import ml_collections
@@ -7,6 +11,8 @@ import pytest
 
 from slt_jax import default_config
 from slt_jax.default_config import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config():
@@ -244,6 +250,30 @@ def test_removed_shuffle_buffer_says_why():
   with pytest.raises(ConfigError, match=r'`data\.shuffle_buffer` was removed: .*seeded permutation of the whole '
                                         r'split'):
     default_config.validate(config)
+
+
+@pytest.mark.parametrize('override, message', [
+    ('--config.data.shuffle_buffer=5', r'--config.data.shuffle_buffer=5: config field `data.shuffle_buffer` was '
+                                       r'removed: .*seeded permutation'),
+    ('--config.training.batchsize=8', r'unknown config field `training.batchsize` \(known fields here: batch_size, '),
+    ('--config.model.arch.no_such_key=1', r'--config.model.arch.no_such_key=1 names a field that this config does '
+                                          r'not have .*in the config file, not on the command line'),
+])
+def test_command_line_override_of_a_missing_field_is_a_flags_error(override, message, tmp_path):
+  """Before any work: exit status 1, absl's flags-error line naming the field and why, no traceback."""
+  argv = [sys.executable, '-m', 'slt_jax.main', '--config=configs/demo.py', f'--workdir={tmp_path / "run"}',
+          override]
+  out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+                       env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'})
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert re.search('FATAL Flags parsing error: .*' + message, out.stderr), out.stderr[-2000:]
+  assert 'Traceback' not in out.stderr and not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('path', ['training.batch_size', 'data.augmentations.yaw', 'model.arch.anything',
+                                  'data.mixture.mine.weight'])
+def test_check_field_path_takes_every_config_field(path):
+  default_config.check_field_path(path)  # (free-form groups take any key)
 
 
 def test_warmup_cap_is_logged(caplog):
