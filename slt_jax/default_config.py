@@ -161,7 +161,7 @@ def get_config():
   config.training.eval_batch_size = 64
   config.training.learning_rate = 1e-3
   config.training.warmup_steps = 200     # linear warmup; capped at half the run (with a logged warning).
-  config.training.weight_decay = 0.01    # AdamW's, on matrices only: not on biases or norm scales (optim.decays).
+  config.training.weight_decay = 0.01    # AdamW's, on every trained parameter (biases and norm scales too).
   config.training.max_grad_norm = 1.0
   config.training.gradient_accumulation_steps = 1
   config.training.label_smoothing = 0.1
