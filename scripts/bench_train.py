@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from slt_jax import compile_cache
 from slt_jax import host_malloc
 from slt_jax.models import contract, lora
 from slt_jax.train import flops as flops_lib
@@ -43,6 +44,9 @@ _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object as the last line
 _LENGTHS_FROM = flags.DEFINE_string('lengths_from', '', "A run's WORKDIR: its training split's frame and target "
                                     'lengths (see the docstring) instead of --frames / --target_len.')
 _NUM_BATCHES = flags.DEFINE_integer('num_batches', 8, 'With --lengths_from: distinct batches the steps cycle over.')
+_COMPILE_CACHE = flags.DEFINE_string('compile_cache_dir', '', "The persistent compilation cache, as "
+                                     "training.compile_cache_dir ('' off: compile_s is then the compile time; a "
+                                     "folder a first run filled: compile_s is reading the programs back).")
 
 
 def synthetic_batch(batch_size, frames, keypoints, coords, target_len, vocab_size, seed=0):
@@ -99,6 +103,7 @@ def main(argv):
   del argv
   config = _CONFIG.value
   host_malloc.configure(config.training.host_malloc)  # as slt_jax.main, before JAX starts
+  compile_cache.configure(_COMPILE_CACHE.value)
   batch_size = _BATCH.value or config.training.batch_size
   vocab = _VOCAB.value or int(config.model.arch.get('vocab_size', 0) or 2000)
   pose_dim = _KEYPOINTS.value * _COORDS.value
@@ -152,6 +157,8 @@ def main(argv):
       'trainable_params': lora.count_weights(state.params),
       'peak_memory_gib': memory.get('peak_bytes_in_use', 0) / 2**30 or None,
   }
+  if _COMPILE_CACHE.value:
+    result['compile_cache'] = compile_cache.stats()  # {'hits': programs read back, 'written': compiled and written}
   for k, v in result.items():
     print(f'{k:>16}: {v}')
   if _JSON.value:

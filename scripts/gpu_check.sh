@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One short GPU check (< 5 min on an H100): bf16 train-step throughput, MFU and memory of a T5-base-shaped SLT
 # model and a ~1B decoder (Llama-3.2-1B shape) with LoRA, padded and padding-free (model.padding_free: the same
-# first loss, fewer FLOPs), on synthetic batches. Needs no tensorflow, pose-format
-# or clu; ml_collections / qwix / absl wheels are installed from .gpu_wheels/ when missing (fetch them on a
-# machine with the package index: scripts/gpu_check.sh --fetch-wheels, then carry .gpu_wheels to the GPU host).
+# first loss, fewer FLOPs), and the persistent compilation cache (compile s of a cold and a warm run), on
+# synthetic batches. Needs no tensorflow, pose-format or clu; ml_collections / qwix / absl wheels are installed
+# from .gpu_wheels/ when missing (scripts/gpu_check.sh --fetch-wheels on a machine with the package index).
 #   scripts/gpu_check.sh [OUT_DIR]      -> a table on stdout, JSON lines in OUT_DIR/gpu_check.jsonl
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +36,11 @@ run llama1b_lora_bf16_padfree --config=configs/llama3_1b.py --batch_size=16 --fr
 run demo_causal_padded --config=configs/demo_causal.py --frames=96 --target_len=24 --vocab_size=576
 run demo_causal_padfree --config=configs/demo_causal.py --frames=96 --target_len=24 --vocab_size=576 \
   --config.model.padding_free=16   # the demo-sized Llama, padded vs padding-free: same first loss
+rm -rf "$out/jax_compile"  # the persistent compilation cache: a first run fills it, a rerun reads it back
+run demo_causal_cache_cold --config=configs/demo_causal.py --frames=96 --target_len=24 --vocab_size=576 \
+  --compile_cache_dir="$out/jax_compile"
+run demo_causal_cache_warm --config=configs/demo_causal.py --frames=96 --target_len=24 --vocab_size=576 \
+  --compile_cache_dir="$out/jax_compile"   # compile s: reading the programs back
 run llama1b_lora_bf16_cudnn --config=configs/llama3_1b.py --batch_size=16 --frames=256 --target_len=64 \
   --vocab_size=128256 --config.model.attention=auto   # cuDNN flash attention (model.attention=auto)
 $PY - "$out/gpu_check.jsonl" <<'PY'

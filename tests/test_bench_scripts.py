@@ -46,3 +46,18 @@ def test_bench_vs_torch_reports_every_side_the_ratio_and_the_hardware_figures(tm
     assert result[f'{side}_gflops'] == pytest.approx(result[f'{side}_examples_per_s'] * step_gflop / 4), side
   assert result['gemm_gflops_jax'] > 0 and result['gemm_gflops_torch_bf16'] > 0
   assert (result['batch_size'], result['frames'], result['target_len']) == (4, 16, 6)
+
+
+@pytest.mark.slow
+def test_bench_train_reads_its_programs_back_from_a_compilation_cache(tmp_path):
+  """scripts/gpu_check.sh's cache rows: a first bench_train run compiles and writes its programs, a second one
+  reads every one of them back and compiles nothing; the same first loss."""
+  cache = str(tmp_path / 'jax_compile')
+  args = ('--config=configs/demo.py', '--batch_size=4', '--frames=16', '--target_len=6', '--steps=1',
+          '--vocab_size=64', '--config.model.arch.num_layers=1', '--config.model.arch.num_decoder_layers=1',
+          f'--compile_cache_dir={cache}')
+  cold, warm = _last_json('bench_train.py', *args), _last_json('bench_train.py', *args)
+  assert cold['compile_cache']['hits'] == 0 and cold['compile_cache']['written'] > 0, cold
+  assert warm['compile_cache'] == {'hits': cold['compile_cache']['written'], 'written': 0}, (cold, warm)
+  assert warm['first_loss'] == cold['first_loss']
+  assert 'compile_cache' not in _last_json('bench_train.py', *args[:-1])  # ('' : the cache off)

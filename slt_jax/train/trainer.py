@@ -184,14 +184,13 @@ def _batch_counts(batch) -> dict:
           'shape': batch['poses'].shape}
 
 
-def _compile_in_background(train_fn: step_lib.TrainStep, state, batch, device_batch) -> futures.Future:
+def _compile_in_background(train_fn: step_lib.TrainStep, state, device_batch, counts) -> futures.Future:
   """Compiles (or reads from the persistent compilation cache) the train step of the first batch in a thread.
 
   XLA releases the GIL while it compiles or deserialises, so that work overlaps what the trainer still does
   before its first step (hparams, data plots). jit's own caches then serve the first call: nothing is compiled
   twice.
   """
-  counts = train_fn.counts(batch)
   pool = futures.ThreadPoolExecutor(1, thread_name_prefix='compile_first_step')
   compiled = pool.submit(lambda: train_fn.jitted(counts).lower(state, device_batch).compile())
   pool.shutdown(wait=False)  # (the submitted compilation still runs to the end)
@@ -232,14 +231,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
   batch_sharding = sharding_lib.batch_sharding(run.mesh, sharding_lib.logical_rules(config))
   lr_schedule = optim.learning_rate_schedule(config, num_steps)
 
-  train_iter = sharding_lib.prefetch_to_device(
-      run.splits['train'].iterator(start_step=start_step), config.data.prefetch_to_device,
-      functools.partial(_device_batch, sharding=batch_sharding))
+  # (host batch, device batch, its padding-free TokenCounts (None: padded), computed once per batch)
+  train_iter = ((batch, device_batch, train_fn.counts(batch)) for batch, device_batch in
+                sharding_lib.prefetch_to_device(run.splits['train'].iterator(start_step=start_step),
+                                                config.data.prefetch_to_device,
+                                                functools.partial(_device_batch, sharding=batch_sharding)))
   first_compile = None
   if start_step < num_steps:
     first = next(train_iter)
     train_iter = itertools.chain([first], train_iter)
-    first_compile = _compile_in_background(train_fn, state, *first)
+    first_compile = _compile_in_background(train_fn, state, *first[1:])
   if is_main:
     writer.write_hparams({k: v for k, v in config.training.items() if isinstance(v, (int, float, str, bool))})
     visuals.write_data_plots(writer, run, start_step)  # data/*: lengths + buckets, detection rates, skipped rows
@@ -255,8 +256,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   step = start_step
   with _StopRequest() as stop:
     while step < num_steps:
-      batch, device_batch = next(train_iter)
-      token_counts = train_fn.counts(batch)  # padding-free TokenCounts (None: padded), once per batch
+      batch, device_batch, token_counts = next(train_iter)
       state, metrics = train_fn.jitted(token_counts)(state, device_batch)
       step += 1
       step_key = (batch['poses'].shape, batch['labels'].shape, token_counts)
